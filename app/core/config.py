@@ -1,0 +1,133 @@
+"""Settings shared by every codeloop process.
+
+One `Settings` class, read from `CODELOOP_*` environment variables (and an optional
+`.env`). Every field is documented in README.md; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_GPU_MODEL = "deepseek-ai/deepseek-coder-6.7b-instruct"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CODELOOP_",
+        env_file=".env",
+        env_ignore_empty=True,
+        extra="ignore",
+        protected_namespaces=(),
+    )
+
+    # --- infrastructure -------------------------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = "sqlite:///./data/codeloop.db"
+    data_dir: Path = Path("./data")
+    auto_migrate: bool = True
+
+    # --- API ------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    # auto: on when the API listens beyond loopback or any key exists (env or SQL).
+    auth: Literal["auto", "on", "off"] = "auto"
+    # Comma-separated plaintext keys accepted besides those in SQL (for operators).
+    api_keys: str = ""
+    max_request_bytes: int = 1_048_576
+    max_task_chars: int = 20_000
+    max_queued_jobs_per_owner: int = 200
+    flower_basic_auth: str = ""
+
+    # --- model ----------------------------------------------------------------------
+    model_id: str = "auto"
+    model_device: Literal["auto", "cuda", "cpu"] = "auto"
+    model_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    temperature: float = 0.7
+    top_p: float = 0.9
+    repetition_penalty: float = 1.1
+    max_new_tokens: int = 512
+    max_new_tokens_cap: int = 4096
+    torch_threads: int = 0  # 0: torch's default
+
+    # --- jobs, events ---------------------------------------------------------------
+    job_max_attempts: int = 3
+    generate_soft_time_limit_s: int = 900
+    generate_time_limit_s: int = 960
+    execute_soft_time_limit_s: int = 120
+    execute_time_limit_s: int = 150
+    broker_visibility_timeout_s: int = 3600
+    lease_ttl_s: float = 6.0
+    result_ttl_s: int = 86_400
+    stream_ttl_s: int = 86_400
+    stream_maxlen: int = 20_000
+    reconcile_interval_s: float = 15.0
+    sse_ping_s: float = 15.0
+
+    # --- sandbox --------------------------------------------------------------------
+    executor_backend: Literal["auto", "process", "docker"] = "auto"
+    exec_timeout_s: float = 10.0
+    exec_timeout_cap_s: float = 60.0
+    exec_memory_mb: int = 256
+    exec_memory_cap_mb: int = 2048
+    exec_output_bytes: int = 1_048_576
+    exec_max_code_bytes: int = 262_144
+    exec_max_stdin_bytes: int = 1_048_576
+
+    # --- retrieval ------------------------------------------------------------------
+    embedding_model: str = "all-MiniLM-L6-v2"
+    retrieval_w_sim: float = 0.7
+    retrieval_w_fb: float = 0.2
+    retrieval_w_usage: float = 0.1
+    retrieval_neutral_feedback: float = 0.5
+    max_project_file_bytes: int = 262_144
+
+    @field_validator("redis_url", "database_url")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    @property
+    def api_is_loopback(self) -> bool:
+        return is_loopback_host(self.api_host)
+
+    @property
+    def env_api_keys(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file behind `database_url`, or None for other engines."""
+        prefix = "sqlite:///"
+        if not self.database_url.startswith(prefix):
+            return None
+        rest = self.database_url[len(prefix) :].split("?", 1)[0]
+        return None if rest in ("", ":memory:") else Path(rest)
+
+
+def is_loopback_host(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings_cache() -> None:
+    """Forget the cached settings (tests and `codeloop up` change the environment)."""
+    get_settings.cache_clear()
+
+
+__all__ = ["DEFAULT_GPU_MODEL", "Settings", "get_settings", "is_loopback_host"]
