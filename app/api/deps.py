@@ -1,0 +1,111 @@
+"""Request dependencies: a SQL session, the caller's identity, shared clients."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Annotated
+
+import redis
+import redis.asyncio as aioredis
+from celery import Celery
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from app.api.event_hub import EventHub
+from app.core.auth import active_key_count, env_key_owner, owner_of_key
+from app.core.config import Settings, get_settings
+from app.core.db import session_scope
+from app.core.errors import Unauthorized
+
+ANONYMOUS = "anonymous"
+
+
+def get_session() -> Iterator[Session]:
+    with session_scope() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+class AuthGate:
+    """Decides whether keys are required and who a key belongs to.
+
+    `auth=auto` turns auth on when the API listens beyond loopback or any key exists;
+    whether keys exist is re-read every few seconds, so `codeloop keys create` takes
+    effect without a restart. Accepted keys are cached briefly to spare SQL.
+    """
+
+    _RECHECK_S = 5.0
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._env = {k: env_key_owner(k) for k in settings.env_api_keys}
+        self._enabled_at = 0.0
+        self._enabled = settings.auth == "on"
+        self._cache: dict[str, tuple[str, float]] = {}
+
+    def enabled(self, session: Session) -> bool:
+        mode = self.settings.auth
+        if mode != "auto":
+            return mode == "on"
+        if not self.settings.api_is_loopback or self._env:
+            return True
+        now = time.monotonic()
+        if now - self._enabled_at > self._RECHECK_S:
+            self._enabled = active_key_count(session) > 0
+            self._enabled_at = now
+        return self._enabled
+
+    def owner(self, session: Session, authorization: str | None) -> str:
+        if not self.enabled(session):
+            return ANONYMOUS
+        scheme, _, key = (authorization or "").partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            raise Unauthorized(
+                "missing API key: send 'Authorization: Bearer <key>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if key in self._env:
+            return self._env[key]
+        cached = self._cache.get(key)
+        if cached and time.monotonic() - cached[1] < self._RECHECK_S:
+            return cached[0]
+        owner = owner_of_key(session, key)
+        if owner is None:
+            raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
+        self._cache[key] = (owner, time.monotonic())
+        return owner
+
+
+def get_owner(request: Request, session: SessionDep) -> str:
+    gate: AuthGate = request.app.state.auth
+    return gate.owner(session, request.headers.get("authorization"))
+
+
+OwnerDep = Annotated[str, Depends(get_owner)]
+
+
+def get_redis_sync(request: Request) -> redis.Redis:
+    return request.app.state.redis_sync  # type: ignore[no-any-return]
+
+
+def get_redis_async(request: Request) -> aioredis.Redis:
+    return request.app.state.redis  # type: ignore[no-any-return]
+
+
+def get_celery(request: Request) -> Celery:
+    return request.app.state.celery  # type: ignore[no-any-return]
+
+
+def get_hub(request: Request) -> EventHub:
+    return request.app.state.hub  # type: ignore[no-any-return]
+
+
+RedisDep = Annotated[redis.Redis, Depends(get_redis_sync)]
+AsyncRedisDep = Annotated[aioredis.Redis, Depends(get_redis_async)]
+CeleryDep = Annotated[Celery, Depends(get_celery)]
+HubDep = Annotated[EventHub, Depends(get_hub)]

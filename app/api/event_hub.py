@@ -1,0 +1,181 @@
+"""Live job events for every SSE client of this API process, over ONE pub/sub connection.
+
+A client `subscribe`s to a job and gets a queue. The hub subscribes the job's channel on
+the first local client and unsubscribes after the last. `subscribe` returns only once
+Redis has confirmed the subscription: from then on nothing published can be missed, so
+the caller may replay the stream and then rely on the queue.
+
+Each event is parsed and SSE-encoded once, however many clients get it. If the pub/sub
+connection drops, or a slow client's queue overflows, the client is sent `RESYNC`
+and re-reads the stream from its last id, so it still gets every event exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from app.core import names
+from app.core.events import Event
+
+log = logging.getLogger(__name__)
+
+RESYNC = object()  # queue item: "you may have missed events; replay from the stream"
+QUEUE_LIMIT = 5_000
+
+
+def encode_sse(event: Event) -> bytes:
+    """The SSE wire form of one event (`id`, `event`, `data`, blank line)."""
+    payload = json.dumps(event.data, separators=(",", ":"))
+    return f"id: {event.seq}\nevent: {event.type}\ndata: {payload}\n\n".encode()
+
+
+@dataclass(eq=False)
+class Subscription:
+    job_id: str
+    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    overflowed: bool = False
+
+    def offer(self, item: Any) -> None:
+        if self.overflowed:
+            return
+        if self.queue.qsize() >= QUEUE_LIMIT:
+            self.overflowed = True
+            self._drain()
+            self.queue.put_nowait(RESYNC)
+            return
+        self.queue.put_nowait(item)
+
+    def _drain(self) -> None:
+        while not self.queue.empty():
+            self.queue.get_nowait()
+
+    async def get(self, timeout: float | None = None) -> Any:
+        """Next `(Event, bytes)` or `RESYNC`; raises TimeoutError after `timeout`."""
+        item = await asyncio.wait_for(self.queue.get(), timeout)
+        if item is RESYNC:
+            self.overflowed = False
+        return item
+
+
+class EventHub:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self._pubsub = client.pubsub()
+        self._subs: dict[str, set[Subscription]] = {}
+        self._sent: dict[str, int] = {}  # SUBSCRIBE commands sent per channel
+        self._confirmed: dict[str, int] = {}  # confirmations received per channel
+        self._changed = asyncio.Condition()
+        self._reader: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def client_count(self) -> int:
+        return sum(len(s) for s in self._subs.values())
+
+    async def start(self) -> None:
+        self._reader = asyncio.create_task(self._read_forever(), name="event-hub")
+
+    async def stop(self) -> None:
+        if self._reader:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        with contextlib.suppress(RedisError, OSError):
+            await self._pubsub.aclose()
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, job_id: str, timeout: float = 10.0) -> AsyncIterator[Subscription]:
+        channel = names.events_channel(job_id)
+        sub = Subscription(job_id)
+        async with self._lock:
+            members = self._subs.setdefault(channel, set())
+            members.add(sub)
+            if len(members) == 1:
+                target = self._sent.get(channel, 0) + 1
+                self._sent[channel] = target
+                await self._pubsub.subscribe(channel)
+            else:
+                target = self._sent[channel]
+        try:
+            async with self._changed:
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: self._confirmed.get(channel, 0) >= target),
+                    timeout,
+                )
+            yield sub
+        finally:
+            async with self._lock:
+                members = self._subs.get(channel, set())
+                members.discard(sub)
+                if not members:
+                    self._subs.pop(channel, None)
+                    with contextlib.suppress(RedisError, OSError):
+                        await self._pubsub.unsubscribe(channel)
+
+    async def _read_forever(self) -> None:
+        while True:
+            try:
+                await self._read()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                log.warning("event hub lost its pub/sub connection (%s); reconnecting", exc)
+                await asyncio.sleep(0.5)
+                await self._reconnect()
+
+    async def _read(self) -> None:
+        while True:
+            if not self._pubsub.subscribed:
+                await asyncio.sleep(0.02)
+                continue
+            message = await self._pubsub.get_message(timeout=1.0)
+            if message is None:
+                continue
+            kind = message["type"]
+            channel = _text(message["channel"])
+            if kind == "message":
+                self._deliver(channel, message["data"])
+            elif kind == "subscribe":
+                async with self._changed:
+                    self._confirmed[channel] = self._confirmed.get(channel, 0) + 1
+                    self._changed.notify_all()
+
+    def _deliver(self, channel: str, raw: bytes) -> None:
+        members = self._subs.get(channel)
+        if not members:
+            return
+        event = Event.from_wire(raw)
+        item = (event, encode_sse(event))
+        for sub in members:
+            sub.offer(item)
+
+    async def _reconnect(self) -> None:
+        async with self._lock:
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.aclose()
+            self._pubsub = self._client.pubsub()
+            channels = list(self._subs)
+            async with self._changed:
+                for channel in channels:
+                    self._sent[channel] = self._confirmed.get(channel, 0) + 1
+            try:
+                if channels:
+                    await self._pubsub.subscribe(*channels)
+            except (RedisError, OSError) as exc:
+                log.warning("event hub resubscribe failed: %s", exc)
+            for channel in channels:
+                for sub in self._subs.get(channel, ()):
+                    sub.offer(RESYNC)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,148 @@
+"""`/jobs`: read, list, long-poll, cancel and follow any job."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from sse_starlette.sse import EventSourceResponse
+
+from app.api.deps import AsyncRedisDep, HubDep, OwnerDep, RedisDep, SessionDep, get_settings
+from app.api.sse import parse_last_event_id, relay_events, sse_response
+from app.core import jobs, names
+from app.core.db import session_scope
+from app.core.errors import Conflict
+from app.core.events import EventWriter
+from app.core.models import Job, utcnow
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+WAIT_CAP_S = 30.0
+
+
+def read_job(session: Any, client: Any, job: Job) -> dict[str, Any]:
+    tokens = None
+    if job.kind == "generate" and job.status in (names.RUNNING, names.RETRYING):
+        raw = client.get(names.progress_key(job.id))
+        tokens = int(raw) if raw else None
+    return jobs.job_to_json(
+        job, queue_position=jobs.queue_position(session, job), progress_tokens=tokens
+    )
+
+
+@router.get("")
+def list_jobs(
+    session: SessionDep,
+    owner: OwnerDep,
+    kind: str | None = Query(default=None, pattern="^(generate|execute|lint|search|optimize)$"),
+    status: str | None = Query(
+        default=None, pattern="^(queued|running|retrying|succeeded|failed|cancelled)$"
+    ),
+    limit: int = Query(default=20, ge=1, le=100),
+    cursor: str | None = Query(default=None, max_length=200),
+) -> dict[str, Any]:
+    rows, next_cursor = jobs.list_jobs(
+        session, owner=owner, kind=kind, status=status, limit=limit, cursor=cursor
+    )
+    return {"items": [jobs.job_to_json(j) for j in rows], "next_cursor": next_cursor}
+
+
+@router.get("/{job_id}")
+async def get_job(
+    job_id: str,
+    owner: OwnerDep,
+    hub: HubDep,
+    client: RedisDep,
+    wait: float = Query(default=0, ge=0, description=f"long-poll for up to {WAIT_CAP_S} s"),
+) -> dict[str, Any]:
+    def load() -> dict[str, Any]:
+        with session_scope() as session:
+            return read_job(session, client, jobs.get_owned_job(session, job_id, owner))
+
+    body = await run_in_threadpool(load)
+    wait = min(wait, WAIT_CAP_S)
+    if wait <= 0 or body["status"] in names.TERMINAL:
+        return body
+    deadline = time.monotonic() + wait
+    async with hub.subscribe(job_id) as sub:
+        body = await run_in_threadpool(load)  # subscribed now: no terminal event can slip by
+        while body["status"] not in names.TERMINAL:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                item = await sub.get(timeout=remaining)
+            except TimeoutError:
+                break
+            if isinstance(item, tuple) and not item[0].is_terminal:
+                continue
+            body = await run_in_threadpool(load)
+    return body
+
+
+@router.post("/{job_id}/cancel", status_code=202)
+def cancel_job(
+    job_id: str, session: SessionDep, owner: OwnerDep, client: RedisDep, request: Request
+) -> JSONResponse:
+    settings = get_settings()
+    job = jobs.get_owned_job(session, job_id, owner)
+    if jobs.transition(
+        session,
+        job_id,
+        from_statuses=(names.QUEUED, names.RETRYING),
+        status=names.CANCELLED,
+        finished_at=utcnow(),
+    ):
+        request.app.state.celery.control.revoke(job_id)
+        writer = EventWriter(
+            client, job_id, maxlen=settings.stream_maxlen, ttl_s=settings.stream_ttl_s
+        )
+        writer.emit("status", {"status": names.CANCELLED, "attempt": job.attempts})
+    else:
+        session.refresh(job)
+        if job.status in names.TERMINAL:
+            raise Conflict(f"job {job_id} is already {job.status}", detail={"status": job.status})
+        # Running: the worker sees the flag (or the message) within one token and stops.
+        client.set(names.cancel_flag_key(job_id), "1", ex=settings.result_ttl_s)
+        client.publish(names.cancel_channel(job_id), "cancel")
+    session.refresh(job)
+    return JSONResponse(read_job(session, client, job), status_code=202)
+
+
+@router.get("/{job_id}/events", response_class=EventSourceResponse)
+async def job_events(
+    job_id: str,
+    owner: OwnerDep,
+    hub: HubDep,
+    client: AsyncRedisDep,
+    last_event_id_header: str | None = Header(default=None, alias="Last-Event-ID"),
+    last_event_id: str | None = Query(default=None, max_length=20),
+) -> EventSourceResponse:
+    await run_in_threadpool(_check_owner, job_id, owner)
+    start = parse_last_event_id(last_event_id_header, last_event_id)
+    return sse_response(follow(hub, client, job_id, start))
+
+
+def _check_owner(job_id: str, owner: str) -> None:
+    with session_scope() as session:
+        jobs.get_owned_job(session, job_id, owner)
+
+
+def follow(hub: Any, client: Any, job_id: str, start: int) -> Any:
+    async def final_event() -> tuple[str, dict[str, Any]] | None:
+        def lookup() -> tuple[str, dict[str, Any]] | None:
+            with session_scope() as session:
+                job = session.get(Job, job_id)
+                if job is None or job.status not in names.TERMINAL:
+                    return None
+                if job.status == names.SUCCEEDED:
+                    return "done", job.result or {}
+                if job.status == names.FAILED:
+                    return "error", job.error or {"type": "failed", "message": "job failed"}
+                return "status", {"status": job.status, "attempt": job.attempts}
+
+        return await run_in_threadpool(lookup)
+
+    return relay_events(hub, client, job_id, start, final_event, ping_s=get_settings().sse_ping_s)

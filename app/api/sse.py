@@ -1,0 +1,100 @@
+"""Relay one job's events to one SSE client, exactly once and in order (SPEC §7).
+
+Order of operations is what makes it exact: subscribe live first (confirmed by Redis),
+then replay the stream after the client's last id, then forward live events, dropping
+any id already sent. A gap in live ids (a lost pub/sub message) or a `RESYNC` from the
+hub sends us back to the stream. The stream closes after a terminal event.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from sse_starlette.sse import EventSourceResponse
+
+from app.api.event_hub import RESYNC, EventHub, encode_sse
+from app.core.events import Event, read_events_after
+
+# Returns the job's final event if the job is over but its stream has expired.
+FinalEventLookup = Callable[[], Awaitable[tuple[str, dict[str, Any]] | None]]
+
+
+async def relay_events(
+    hub: EventHub,
+    client: aioredis.Redis,
+    job_id: str,
+    last_event_id: int,
+    final_event: FinalEventLookup,
+    *,
+    ping_s: float,
+) -> AsyncIterator[bytes]:
+    sent = last_event_id
+    async with hub.subscribe(job_id) as sub:
+        replayed, finished = await _replay(client, job_id, sent)
+        for event in replayed:
+            sent = event.seq
+            yield encode_sse(event)
+        if finished:
+            return
+        if not replayed and sent == 0:
+            final = await final_event()
+            if final is not None:  # over, and its events have expired
+                yield _encode_final(*final)
+                return
+        while True:
+            try:
+                item = await sub.get(timeout=ping_s)
+            except TimeoutError:
+                yield b": ping\n\n"
+                continue
+            if item is not RESYNC:
+                event, encoded = item
+                if event.seq <= sent:
+                    continue
+                if event.seq == sent + 1:
+                    sent = event.seq
+                    yield encoded
+                    if event.is_terminal:
+                        return
+                    continue
+            replayed, finished = await _replay(client, job_id, sent)
+            for event in replayed:
+                sent = event.seq
+                yield encode_sse(event)
+            if finished:
+                return
+
+
+async def _replay(client: aioredis.Redis, job_id: str, after: int) -> tuple[list[Event], bool]:
+    events = await read_events_after(client, job_id, after)
+    for i, event in enumerate(events):
+        if event.is_terminal:
+            return events[: i + 1], True
+    return events, False
+
+
+def _encode_final(type_: str, data: dict[str, Any]) -> bytes:
+    return f"event: {type_}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def sse_response(
+    body: AsyncIterator[bytes], *, headers: dict[str, str] | None = None
+) -> EventSourceResponse:
+    # Heartbeats are sent by the relay itself (it knows when it is idle), not sse-starlette.
+    return EventSourceResponse(
+        body,
+        headers={"X-Accel-Buffering": "no", "Cache-Control": "no-store", **(headers or {})},
+        ping=3600,
+        send_timeout=30,
+    )
+
+
+def parse_last_event_id(header: str | None, query: str | None) -> int:
+    value = header if header not in (None, "") else query
+    try:
+        return max(0, int(value)) if value else 0
+    except ValueError:
+        return 0

@@ -1,0 +1,45 @@
+"""Celery settings shared by the workers and by the API's producer.
+
+Time limits nest as the broker needs them to: soft < hard < visibility timeout, so a
+message is never handed to a second worker while the first may still be running it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from app.core import names
+from app.core.config import Settings
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    assert settings.generate_soft_time_limit_s < settings.generate_time_limit_s
+    assert settings.generate_time_limit_s < settings.broker_visibility_timeout_s
+    return {
+        "broker_url": settings.redis_url,
+        "result_backend": settings.redis_url,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "result_expires": settings.result_ttl_s,
+        "task_track_started": True,
+        "task_routes": {task: {"queue": queue} for task, queue in names.TASK_QUEUES.items()},
+        "task_default_queue": names.QUEUE_MAINTENANCE,
+        "worker_prefetch_multiplier": 1,
+        "broker_transport_options": {"visibility_timeout": settings.broker_visibility_timeout_s},
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "enable_utc": True,
+    }
+
+
+def make_producer(settings: Settings) -> Celery:
+    """A Celery app that only sends tasks by name (what the API holds)."""
+    app = Celery("codeloop-api")
+    app.conf.update(celery_config(settings))
+    return app

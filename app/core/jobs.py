@@ -1,0 +1,184 @@
+"""The job lifecycle in SQL, shared by the API, the workers and the reconciler.
+
+SQL is the source of truth; every transition is a conditional UPDATE so two parties
+(an API cancel and a worker claim, say) can race safely: exactly one of them wins.
+A job's row is always committed before its Celery message is sent (`dispatch`).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from celery import Celery
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.core import names
+from app.core.errors import BadRequest, NotFound
+from app.core.models import Job, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # SQLite returns naive datetimes; we only ever store UTC
+        value = value.replace(tzinfo=UTC)
+    return value.isoformat()
+
+
+def job_to_json(
+    job: Job, *, queue_position: int | None = None, progress_tokens: int | None = None
+) -> dict[str, Any]:
+    progress: dict[str, Any] | None = None
+    if job.kind == "generate":
+        tokens = job.progress_tokens if progress_tokens is None else progress_tokens
+        progress = {"tokens": tokens, "max_tokens": job.request.get("max_new_tokens")}
+    base = f"/jobs/{job.id}"
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "status": job.status,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "attempts": job.attempts,
+        "queue_position": queue_position,
+        "progress": progress,
+        "request": job.request,
+        "result": job.result,
+        "error": job.error,
+        "links": {"self": base, "events": f"{base}/events", "cancel": f"{base}/cancel"},
+    }
+
+
+def create_job(
+    session: Session,
+    *,
+    kind: str,
+    owner: str,
+    request: dict[str, Any],
+    idempotency_key: str | None = None,
+) -> tuple[Job, bool]:
+    """Insert a queued job; with an idempotency key, return (existing, False) on repeat."""
+    _task, queue = names.JOB_ROUTES[kind]
+    if idempotency_key is not None:
+        existing = session.scalar(
+            select(Job).where(Job.owner == owner, Job.idempotency_key == idempotency_key)
+        )
+        if existing is not None:
+            return existing, False
+    job = Job(kind=kind, queue=queue, owner=owner, request=request, idempotency_key=idempotency_key)
+    session.add(job)
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent repeat won the unique constraint
+        session.rollback()
+        existing = session.scalar(
+            select(Job).where(Job.owner == owner, Job.idempotency_key == idempotency_key)
+        )
+        if existing is None:
+            raise
+        return existing, False
+    return job, True
+
+
+def dispatch(session: Session, celery: Celery, client: redis.Redis, job: Job, ttl_s: int) -> None:
+    """Send the job's message. The marker key tells the reconciler the message exists."""
+    task, queue = names.JOB_ROUTES[job.kind]
+    session.execute(update(Job).where(Job.id == job.id).values(dispatches=Job.dispatches + 1))
+    session.commit()
+    client.set(names.dispatch_marker_key(job.id), "1", ex=ttl_s)
+    celery.send_task(task, args=[job.id], task_id=job.id, queue=queue)
+
+
+def get_owned_job(session: Session, job_id: str, owner: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.owner != owner:  # another key's job looks exactly like a missing one
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+def queue_position(session: Session, job: Job) -> int | None:
+    """1-based place among queued jobs of the same queue, None once it left the queue."""
+    if job.status != names.QUEUED:
+        return None
+    ahead = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.queue == job.queue, Job.status == names.QUEUED, Job.created_at < job.created_at)
+    )
+    return int(ahead or 0) + 1
+
+
+def encode_cursor(job: Job) -> str:
+    raw = f"{_iso(job.created_at)}|{job.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, job_id = raw.split("|", 1)
+        return datetime.fromisoformat(created), job_id
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest("invalid cursor") from exc
+
+
+def list_jobs(
+    session: Session,
+    *,
+    owner: str,
+    kind: str | None,
+    status: str | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[Job], str | None]:
+    """The owner's jobs, newest first, keyset-paginated."""
+    query = select(Job).where(Job.owner == owner)
+    if kind:
+        query = query.where(Job.kind == kind)
+    if status:
+        query = query.where(Job.status == status)
+    if cursor:
+        created, job_id = decode_cursor(cursor)
+        if session.get_bind().dialect.name == "sqlite":
+            created = created.astimezone(UTC).replace(tzinfo=None)
+        query = query.where(
+            or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id))
+        )
+    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    rows = list(session.scalars(query))
+    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def count_open_jobs(session: Session, owner: str) -> int:
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.owner == owner, Job.status.in_([names.QUEUED, names.RETRYING]))
+        )
+        or 0
+    )
+
+
+def transition(
+    session: Session, job_id: str, *, from_statuses: tuple[str, ...], **values: Any
+) -> bool:
+    """Conditional UPDATE; True if this caller won the transition."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(from_statuses))
+        .values(updated_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]

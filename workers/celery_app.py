@@ -1,0 +1,60 @@
+"""The one Celery app every worker, beat and Flower run (`celery -A workers.celery_app`).
+
+Task modules are imported here so every worker knows every task name, so they must
+stay light at import time: torch, transformers and the sandbox are imported inside
+the tasks and in `worker_process_init`, never at module top.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from celery import Celery
+from celery.signals import celeryd_after_setup, worker_process_init
+
+from app.core import db
+from app.core.celery_config import celery_config
+from app.core.config import get_settings
+from beat.schedule import beat_schedule
+
+log = logging.getLogger(__name__)
+
+celery_app = Celery("codeloop")
+celery_app.conf.update(celery_config(get_settings()))
+celery_app.conf.beat_schedule = beat_schedule(get_settings())
+celery_app.conf.include = [
+    "workers.tasks.generate",
+    "workers.tasks.execute",
+    "workers.tasks.search",
+    "workers.tasks.maintenance",
+]
+app = celery_app
+
+# Queues this worker consumes, learnt in the parent before it forks its pool.
+CONSUMED_QUEUES: set[str] = set()
+
+
+@celeryd_after_setup.connect
+def _remember_queues(sender: Any, instance: Any, **_kwargs: Any) -> None:
+    CONSUMED_QUEUES.update(q.name for q in instance.app.amqp.queues.consume_from.values())
+    os.environ["CODELOOP_WORKER_QUEUES"] = ",".join(sorted(CONSUMED_QUEUES))
+
+
+@worker_process_init.connect
+def _init_process(**_kwargs: Any) -> None:
+    """Per pool process: fresh SQL engine and Redis pool; the LLM if we serve `generate`."""
+    db.reset_engine()
+    from workers import runtime
+
+    runtime.reset_redis()
+    queues = set(filter(None, os.environ.get("CODELOOP_WORKER_QUEUES", "").split(",")))
+    if "generate" in queues:
+        from workers.tasks import generate
+
+        generate.load_model_once()
+    if "search" in queues:
+        from workers.tasks import search
+
+        search.warm_up()

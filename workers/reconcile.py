@@ -1,0 +1,77 @@
+"""The reconciler: no accepted job is ever lost.
+
+Run by beat every `reconcile_interval_s`. Two repairs:
+- a `queued`/`retrying` job whose dispatch marker is gone had its message lost with
+  Redis' data (a restart without persistence, a flush): send it again;
+- a `running` job with no lease lost its worker (a whole machine died, say): mark it
+  `retrying` and send it again, or fail it once its attempts are spent.
+A re-sent job that turns out to be still queued or running is harmless: the lease lets
+only one delivery run it.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import redis
+from celery import Celery
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.core import names
+from app.core.config import Settings
+from app.core.events import EventWriter
+from app.core.jobs import dispatch, transition
+from app.core.models import Job, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def reconcile_once(
+    session: Session, client: redis.Redis, celery: Celery, settings: Settings
+) -> dict[str, int]:
+    counts = {"resent": 0, "retried": 0, "failed": 0}
+    now = utcnow()
+    # A message is sent right after its row commits; give that a moment before judging.
+    settled = now - timedelta(seconds=max(2.0, settings.lease_ttl_s))
+    waiting = session.scalars(
+        select(Job).where(Job.status.in_([names.QUEUED, names.RETRYING]), Job.updated_at < settled)
+    ).all()
+    for job in waiting:
+        if not client.exists(names.dispatch_marker_key(job.id)):
+            log.warning("job %s: message lost; sending it again", job.id)
+            dispatch(session, celery, client, job, settings.result_ttl_s)
+            counts["resent"] += 1
+
+    running = session.scalars(
+        select(Job).where(Job.status == names.RUNNING, Job.updated_at < settled)
+    ).all()
+    for job in running:
+        if client.exists(names.lease_key(job.id)):
+            continue
+        writer = EventWriter(
+            client, job.id, maxlen=settings.stream_maxlen, ttl_s=settings.stream_ttl_s
+        )
+        if job.attempts >= settings.job_max_attempts:
+            error = {
+                "type": "worker_lost",
+                "message": f"the worker running this job was lost {job.attempts} times",
+            }
+            if transition(
+                session,
+                job.id,
+                from_statuses=(names.RUNNING,),
+                status=names.FAILED,
+                error=error,
+                finished_at=now,
+            ):
+                writer.emit("error", error)
+                counts["failed"] += 1
+            continue
+        if transition(session, job.id, from_statuses=(names.RUNNING,), status=names.RETRYING):
+            log.warning("job %s: worker lost; retrying", job.id)
+            writer.emit("status", {"status": names.RETRYING, "attempt": job.attempts})
+            dispatch(session, celery, client, job, settings.result_ttl_s)
+            counts["retried"] += 1
+    return counts

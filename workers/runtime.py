@@ -1,0 +1,29 @@
+"""Per-process clients of a worker (rebuilt after fork)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import redis
+
+from app.core.config import get_settings
+
+_redis: redis.Redis | None = None
+
+
+def get_redis() -> redis.Redis:
+    global _redis
+    if _redis is None:
+        _redis = redis.Redis.from_url(get_settings().redis_url, health_check_interval=30)
+    return _redis
+
+
+def reset_redis() -> None:
+    global _redis
+    _redis = None
+
+
+def worker_identity() -> str:
+    """`host:pid`, what a lease holder is known by."""
+    return f"{socket.gethostname()}:{os.getpid()}"
