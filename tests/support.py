@@ -1,0 +1,172 @@
+"""Test helpers: real worker and API processes, an SSE reader, the tiny test model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+ALL_QUEUES = "generate,execute,search,maintenance"
+
+
+def build_test_model(path: Path) -> Path:
+    """The tiny random model of `workers.llm.tiny`, built through the production code."""
+    from workers.llm.tiny import build_tiny_model
+
+    return build_tiny_model(path)
+
+
+def _env(extra: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(extra)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+class Worker:
+    """A real `celery worker` process (prefork pool) on the given queues."""
+
+    def __init__(
+        self, env: dict[str, str], queues: str = ALL_QUEUES, concurrency: int = 1,
+        log_path: Path | None = None, name: str | None = None,
+    ) -> None:  # fmt: skip
+        self.name = name or f"w{os.getpid()}-{time.monotonic_ns()}@%h"
+        cmd = [
+            sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+            "-Q", queues, "-c", str(concurrency), "-n", self.name, "--loglevel", "INFO",
+            "--without-gossip", "--without-mingle", "--pool", "prefork",
+        ]  # fmt: skip
+        self.log_path = log_path
+        self._log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            cmd, env=_env(env), cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def wait_ready(self, timeout: float = 90.0) -> Worker:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}: {self.log()}")
+            if "ready." in self.log():
+                return self
+            time.sleep(0.2)
+        raise AssertionError(f"worker not ready after {timeout}s: {self.log()[-3000:]}")
+
+    def log(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self._log is not subprocess.DEVNULL:
+            self._log.close()  # type: ignore[union-attr]
+
+
+class ApiServer:
+    """A real uvicorn process serving `app.main:app` on a free loopback port."""
+
+    def __init__(self, env: dict[str, str], port: int, log_path: Path | None = None) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self._log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+        cmd = [
+            sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
+            "--port", str(port), "--log-level", "warning",
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(
+            cmd, env=_env(env), cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def wait_ready(self, timeout: float = 30.0) -> ApiServer:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"API exited with {self.proc.returncode}: {self.log()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"API not ready: {self.log()}")
+
+    def log(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self._log is not subprocess.DEVNULL:
+            self._log.close()  # type: ignore[union-attr]
+
+
+@dataclass
+class SseEvent:
+    id: int | None
+    event: str
+    data: Any
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[SseEvent]:
+    """Parse SSE text lines into events (comments and pings skipped)."""
+    event_id: int | None = None
+    event_type = "message"
+    data: list[str] = []
+    for line in lines:
+        if line == "":
+            if data:
+                yield SseEvent(event_id, event_type, json.loads("\n".join(data)))
+            event_id, event_type, data = None, "message", []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "id":
+            event_id = int(value)
+        elif field == "event":
+            event_type = value
+        elif field == "data":
+            data.append(value)
+
+
+def read_events(
+    client: httpx.Client, url: str, headers: dict[str, str] | None = None,
+    stop_after: int | None = None, timeout: float = 60.0,
+) -> list[SseEvent]:  # fmt: skip
+    """Follow an SSE URL until the server closes it (or `stop_after` events)."""
+    events: list[SseEvent] = []
+    with client.stream("GET", url, headers=headers, timeout=timeout) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for event in parse_sse(response.iter_lines()):
+            events.append(event)
+            if stop_after is not None and len(events) >= stop_after:
+                break
+    return events
