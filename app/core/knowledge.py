@@ -10,13 +10,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.core.config import get_settings
 from app.core.errors import Conflict, InvalidInput, PayloadTooLarge
+from app.core.fields import check_language, check_limit, iso_utc
 from app.core.models import KnowledgeItem
-from app.core.names import LANGUAGES
+from app.core.upsert import insert_for
 
 MAX_TITLE_CHARS = 300
 MAX_TAGS = 20
@@ -25,30 +25,12 @@ MAX_CONTENT_BYTES = 65_536
 MAX_LIST_LIMIT = 200
 
 
-def check_language(language: str) -> str:
-    """The language if it is one of the seed's table; InvalidInput otherwise."""
-    if language not in LANGUAGES:
-        raise InvalidInput(
-            f"unknown language {language!r}",
-            detail={"field": "language", "allowed": list(LANGUAGES)},
-        )
-    return language
-
-
-def check_limit(limit: int, *, maximum: int = MAX_LIST_LIMIT) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= maximum:
-        raise InvalidInput(
-            f"limit must be between 1 and {maximum}", detail={"field": "limit", "max": maximum}
-        )
-    return limit
-
-
 def list_knowledge(
     *, session: Session, language: str, limit: int = 50, offset: int = 0
 ) -> list[KnowledgeItem]:
     """A language's snippets, best-rated first (unrated ones at the neutral prior)."""
     check_language(language)
-    check_limit(limit)
+    check_limit(limit, maximum=MAX_LIST_LIMIT)
     if offset < 0:
         raise InvalidInput("offset must not be negative", detail={"field": "offset"})
     neutral = get_settings().retrieval_neutral_feedback
@@ -88,17 +70,19 @@ def create_knowledge(
             detail={"field": "content", "limit": MAX_CONTENT_BYTES},
         )
     clean_tags = _check_tags(tags)
-    item = KnowledgeItem(
-        language=language, title=title, content=content, tags=clean_tags, source=source
+    new_id = session.scalar(
+        insert_for(session, KnowledgeItem)
+        .values(language=language, title=title, content=content, tags=clean_tags, source=source)
+        .on_conflict_do_nothing(index_elements=["language", "title"])
+        .returning(KnowledgeItem.id)
     )
-    try:
-        with session.begin_nested():
-            session.add(item)
-    except IntegrityError:
+    if new_id is None:
         raise Conflict(
             f"{language} already has a snippet titled {title!r}",
             detail={"language": language, "title": title},
-        ) from None
+        )
+    item = session.get(KnowledgeItem, new_id)
+    assert item is not None
     return item
 
 
@@ -113,7 +97,7 @@ def knowledge_to_json(item: KnowledgeItem) -> dict[str, Any]:
         "feedback_score": item.feedback_score,
         "feedback_count": item.feedback_count,
         "usage_count": item.usage_count,
-        "created_at": item.created_at.isoformat() if item.created_at else None,
+        "created_at": iso_utc(item.created_at),
     }
 
 

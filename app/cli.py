@@ -1,0 +1,115 @@
+"""The `codeloop` command: `up`, `keys`, `migrate`, `model`, `knowledge`.
+
+Kept free of torch at import time: `codeloop keys create` must be instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from app.core.config import get_settings
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from app.embedded import run_embedded
+
+    return run_embedded(api_port=args.port, flower_port=args.flower_port)
+
+
+def _cmd_migrate(_args: argparse.Namespace) -> int:
+    from app.core.db import migrate
+
+    migrate()
+    print(f"schema up to date at {get_settings().database_url}")
+    return 0
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from app.core.auth import create_key, revoke_key
+    from app.core.db import migrate, session_scope
+    from app.core.models import ApiKey
+
+    migrate()
+    with session_scope() as session:
+        if args.keys_cmd == "create":
+            row, secret = create_key(session, args.name)
+            print(secret)
+            print(f"created key {row.id} ({row.prefix}…) named {row.name!r}; it is shown once",
+                  file=sys.stderr)  # fmt: skip
+            return 0
+        if args.keys_cmd == "list":
+            for row in session.scalars(select(ApiKey).order_by(ApiKey.created_at)):
+                state = "revoked" if row.revoked_at else "active"
+                print(f"{row.id}  {row.prefix}…  {state:8}  {row.name}")
+            return 0
+        if revoke_key(session, args.id):
+            print(f"revoked {args.id}")
+            return 0
+        print(f"no active key {args.id}", file=sys.stderr)
+        return 1
+
+
+def _cmd_model(_args: argparse.Namespace) -> int:
+    """Resolve and load the configured model once (converts the bundled one ahead of time)."""
+    from workers.tasks.generate import load_model_once
+
+    loaded = load_model_once()
+    print(json.dumps({"model": loaded.model_id, "device": loaded.device, "dtype": loaded.dtype}))
+    return 0
+
+
+def _cmd_knowledge(_args: argparse.Namespace) -> int:
+    from app.core.db import migrate, session_scope
+    from app.core.memory import load_starter_knowledge
+
+    migrate()
+    with session_scope() as session:
+        added = load_starter_knowledge(session)
+    print(f"starter knowledge: {added} snippets added")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="codeloop", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    up = sub.add_parser("up", help="run everything on this machine (embedded Redis, SQLite)")
+    up.add_argument("--port", type=int, default=None, help="API port (default 8000)")
+    up.add_argument("--flower-port", type=int, default=5555)
+    up.set_defaults(func=_cmd_up)
+
+    sub.add_parser("migrate", help="create or upgrade the SQL schema").set_defaults(
+        func=_cmd_migrate
+    )
+
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
+    create = keys_sub.add_parser("create", help="create a key and print it (once)")
+    create.add_argument("--name", default="default")
+    keys_sub.add_parser("list", help="list keys (never their secrets)")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("id")
+    keys.set_defaults(func=_cmd_keys)
+
+    sub.add_parser("model", help="load the configured model once (prepares the bundled one)")\
+        .set_defaults(func=_cmd_model)  # fmt: skip
+    sub.add_parser("knowledge", help="load the starter knowledge base (idempotent)")\
+        .set_defaults(func=_cmd_knowledge)  # fmt: skip
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.path.insert(0, str(Path.cwd()))
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,37 @@
+"""Field checks and formats shared by the memory data functions (knowledge, history,
+project files), so every endpoint refuses the same bad input with the same error.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from app.core.errors import InvalidInput
+from app.core.names import LANGUAGES
+
+
+def check_language(language: str) -> str:
+    """The language if it is one of the seed's table; InvalidInput otherwise."""
+    if language not in LANGUAGES:
+        raise InvalidInput(
+            f"unknown language {language!r}",
+            detail={"field": "language", "allowed": list(LANGUAGES)},
+        )
+    return language
+
+
+def check_limit(limit: int, *, maximum: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= maximum:
+        raise InvalidInput(
+            f"limit must be between 1 and {maximum}", detail={"field": "limit", "max": maximum}
+        )
+    return limit
+
+
+def iso_utc(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC; SQLite hands back naive datetimes, and we only ever store UTC."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.isoformat()

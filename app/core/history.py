@@ -1,0 +1,133 @@
+"""Generations as remembered: store one, list the best, count how often each is reused.
+
+`store_generation` is what the generate worker calls once a generation finished; the
+embedding is added afterwards by `workers.retrieval.service.index_generation` (outside
+this transaction, so a slow embedder never holds a SQL lock).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from app.core.config import get_settings
+from app.core.errors import NotFound
+from app.core.fields import check_language, check_limit, iso_utc
+from app.core.models import CodeHistory, KnowledgeItem
+
+
+def store_generation(
+    *,
+    session: Session,
+    task: str,
+    language: str,
+    text: str,
+    code: str,
+    model: str,
+    params: dict[str, Any] | None = None,
+    job_id: str | None = None,
+    owner: str = "anonymous",
+    project_id: str | None = None,
+    finish_reason: str | None = None,
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
+) -> CodeHistory:
+    """Write a `code_history` row and flush it (its `id` is set); the caller commits."""
+    row = CodeHistory(
+        job_id=job_id,
+        owner=owner,
+        project_id=project_id,
+        task=task,
+        language=language,
+        text=text,
+        code=code,
+        model=model,
+        params=dict(params or {}),
+        finish_reason=finish_reason,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def best_history(
+    *, session: Session, language: str, limit: int = 10, owner: str | None = None
+) -> list[CodeHistory]:
+    """Highest-rated generations of a language; ties by usage, then the newest first.
+
+    Unrated generations sit at the neutral prior (between liked and disliked ones), as
+    they do in retrieval. `owner` restricts to one API key's generations.
+    """
+    check_language(language)
+    check_limit(limit, maximum=100)
+    neutral = get_settings().retrieval_neutral_feedback
+    rating = func.coalesce(CodeHistory.feedback_score, neutral)
+    query = select(CodeHistory).where(CodeHistory.language == language)
+    if owner is not None:
+        query = query.where(CodeHistory.owner == owner)
+    query = query.order_by(
+        rating.desc(),
+        CodeHistory.usage_count.desc(),
+        CodeHistory.created_at.desc(),
+        CodeHistory.id,
+    ).limit(limit)
+    return list(session.scalars(query))
+
+
+def get_generation(*, session: Session, generation_id: str) -> CodeHistory:
+    row = session.get(CodeHistory, generation_id)
+    if row is None:
+        raise NotFound(f"generation {generation_id!r} not found", detail={"id": generation_id})
+    return row
+
+
+def record_usage(
+    *,
+    session: Session,
+    generation_ids: Iterable[str] = (),
+    knowledge_ids: Iterable[str] = (),
+) -> None:
+    """Count one more use of each item (it was put into a prompt). Atomic per row."""
+    for model, ids in ((CodeHistory, set(generation_ids)), (KnowledgeItem, set(knowledge_ids))):
+        if ids:
+            session.execute(
+                update(model)
+                .where(model.id.in_(sorted(ids)))
+                .values(usage_count=model.usage_count + 1)
+                .execution_options(synchronize_session=False)
+            )
+
+
+def record_execution_status(*, session: Session, generation_id: str, status: str) -> bool:
+    """Remember how the generation's code last ran; False if the generation is unknown."""
+    result = session.execute(
+        update(CodeHistory)
+        .where(CodeHistory.id == generation_id)
+        .values(last_execution_status=status)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def generation_to_json(row: CodeHistory) -> dict[str, Any]:
+    return {
+        "generation_id": row.id,
+        "job_id": row.job_id,
+        "task": row.task,
+        "language": row.language,
+        "code": row.code,
+        "text": row.text,
+        "model": row.model,
+        "project_id": row.project_id,
+        "finish_reason": row.finish_reason,
+        "feedback_score": row.feedback_score,
+        "feedback_count": row.feedback_count,
+        "usage_count": row.usage_count,
+        "last_execution_status": row.last_execution_status,
+        "created_at": iso_utc(row.created_at),
+    }
