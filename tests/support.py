@@ -20,10 +20,22 @@ ALL_QUEUES = "generate,execute,search,maintenance"
 
 
 def build_test_model(path: Path) -> Path:
-    """The tiny random model of `workers.llm.tiny`, built through the production code."""
+    """The tiny random model of `workers.llm.tiny`, told never to emit EOS.
+
+    A random model stops wherever its EOS happens to win; suppressing it (a plain
+    `generation_config.suppress_tokens`, honoured by the production loading path) makes
+    every generation run to `max_new_tokens`, so tests control how long a job runs.
+    """
+    from transformers import GenerationConfig
+
     from workers.llm.tiny import build_tiny_model
 
-    return build_tiny_model(path)
+    build_tiny_model(path)
+    config = GenerationConfig.from_pretrained(path)
+    eos = config.eos_token_id
+    config.suppress_tokens = list(eos) if isinstance(eos, list) else [eos]
+    config.save_pretrained(path)
+    return path
 
 
 def _env(extra: dict[str, str]) -> dict[str, str]:
