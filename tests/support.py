@@ -92,6 +92,30 @@ class Worker:
             self._log.close()  # type: ignore[union-attr]
 
 
+class Beat:
+    """A real `celery beat` process (the reconciler's clock)."""
+
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        self._log = open(workdir / "beat.log", "wb")  # noqa: SIM115
+        cmd = [
+            sys.executable, "-m", "celery", "-A", "workers.celery_app", "beat",
+            "--schedule", str(workdir / "beat-schedule"), "--loglevel", "INFO",
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(
+            cmd, env=_env(env), cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+
 class ApiServer:
     """A real uvicorn process serving `app.main:app` on a free loopback port."""
 
