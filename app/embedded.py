@@ -112,10 +112,13 @@ def run_embedded(api_port: int | None = None, flower_port: int = 5555) -> int:
         _load_starter_knowledge()
         flower_auth = settings.flower_basic_auth or f"admin:{secrets.token_urlsafe(12)}"
         celery = [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
-        sup.start("worker-generate", [*celery, "worker", "-Q", "generate", "-c", "1",
-                                      "-n", "generate@%h", "--loglevel", "INFO"], env)  # fmt: skip
-        sup.start("worker-execute", [*celery, "worker", "-Q", "execute,search,maintenance",
-                                     "-c", "2", "-n", "execute@%h", "--loglevel", "INFO"], env)  # fmt: skip
+        worker = [*celery, "worker", "--loglevel", "INFO"]
+        sup.start("worker-generate", [*worker, "-Q", "generate", "-c", "1", "-n", "gen@%h"], env)
+        sup.start(
+            "worker-execute",
+            [*worker, "-Q", "execute,search,maintenance", "-c", "2", "-n", "exec@%h"],
+            env,
+        )
         sup.start("beat", [*celery, "beat", "--loglevel", "INFO",
                            "--schedule", str(data / "celerybeat-schedule")], env)  # fmt: skip
         sup.start("api", [sys.executable, "-m", "uvicorn", "app.main:app",

@@ -115,7 +115,7 @@ def _postgres_admin_url() -> str | None:
         with engine.connect():
             pass
         engine.dispose()
-    except Exception:  # noqa: BLE001 - no server: PostgreSQL tests skip
+    except Exception:  # no server: PostgreSQL tests skip
         return None
     return url
 

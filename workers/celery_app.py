@@ -32,6 +32,8 @@ celery_app.conf.include = [
 ]
 app = celery_app
 
+
+
 # Queues this worker consumes, learnt in the parent before it forks its pool.
 CONSUMED_QUEUES: set[str] = set()
 

@@ -12,9 +12,11 @@ sees `done` can always read the finished job.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from app.core.db import session_scope
 from app.core.events import EventWriter
 from app.core.jobs import transition
 from app.core.models import Job, utcnow
+from workers.event_pump import EventPump, EventPumpError
 from workers.runtime import get_redis, worker_identity
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,9 @@ return 0
 """
 
 
+CANCEL_MESSAGE = b"cancel"
+
+
 class JobFailed(Exception):
     """A handler's expected failure: becomes the job's `error` with this type."""
 
@@ -63,6 +69,8 @@ class JobFailed(Exception):
 
 @dataclass
 class JobContext:
+    """What a handler gets: the request, the attempt, a way to emit events, a cancel flag."""
+
     job_id: str
     kind: str
     owner: str
@@ -71,9 +79,21 @@ class JobContext:
     queued_at: Any
     events: EventWriter
     cancelled: threading.Event = field(default_factory=threading.Event)
+    pump: EventPump | None = None
 
-    def emit(self, type_: str, data: dict[str, Any], *, progress_tokens: int | None = None) -> int:
-        return self.events.emit(type_, data, progress_tokens=progress_tokens)
+    def emit(self, type_: str, data: dict[str, Any], *, progress_tokens: int | None = None) -> None:
+        """Queue an event; it reaches Redis in order, without blocking the caller."""
+        if self.pump is None:
+            self.pump = EventPump(self.events, name=f"events-{self.job_id[:8]}")
+        self.pump.put(type_, data, progress_tokens)
+
+    def flush(self) -> None:
+        if self.pump is not None:
+            self.pump.flush()
+
+    def close(self) -> None:
+        if self.pump is not None:
+            self.pump.close()
 
 
 class Lease:
@@ -112,18 +132,23 @@ class Lease:
 
     def _run(self, cancelled: threading.Event) -> None:
         interval = self.ttl_ms / 3000
+        key = names.lease_key(self.job_id)
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(names.cancel_channel(self.job_id))
             if self.client.exists(names.cancel_flag_key(self.job_id)):
                 cancelled.set()
+            next_refresh = time.monotonic() + interval
             while not self._stop.is_set():
                 try:
-                    if pubsub.get_message(timeout=interval) is not None:
+                    message = pubsub.get_message(timeout=max(0.0, next_refresh - time.monotonic()))
+                    if message is not None and message["data"] == CANCEL_MESSAGE:
                         cancelled.set()
-                    self.client.eval(
-                        _REFRESH_LUA, 1, names.lease_key(self.job_id), self.value, self.ttl_ms
-                    )
+                    if self._stop.is_set():
+                        break
+                    if time.monotonic() >= next_refresh:
+                        self.client.eval(_REFRESH_LUA, 1, key, self.value, self.ttl_ms)
+                        next_refresh = time.monotonic() + interval
                 except redis.RedisError as exc:
                     log.warning("job %s: lease refresh failed: %s", self.job_id, exc)
                     self._stop.wait(interval)
@@ -133,6 +158,9 @@ class Lease:
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
+            # Wake the watcher out of its blocking read so the task returns at once.
+            with contextlib.suppress(redis.RedisError):
+                self.client.publish(names.cancel_channel(self.job_id), b"release")
             self._thread.join(timeout=5)
         try:
             self.client.eval(_RELEASE_LUA, 1, names.lease_key(self.job_id), self.value)
@@ -207,7 +235,7 @@ def _claim(client: redis.Redis, job_id: str) -> JobContext | None:
             queued_at=job.created_at,
             events=writer,
         )
-    ctx.emit("status", {"status": names.RUNNING, "attempt": attempt})
+    writer.emit("status", {"status": names.RUNNING, "attempt": attempt})
     return ctx
 
 
@@ -235,7 +263,10 @@ def run_job(job_id: str, handler: Callable[[JobContext], dict[str, Any]]) -> Non
         if ctx is None:
             return
         lease.watch(ctx.cancelled)
-        _run_claimed(ctx, handler)
+        try:
+            _run_claimed(ctx, handler)
+        finally:
+            ctx.close()
     finally:
         lease.release()
         client.delete(names.dispatch_marker_key(job_id))
@@ -244,6 +275,7 @@ def run_job(job_id: str, handler: Callable[[JobContext], dict[str, Any]]) -> Non
 def _run_claimed(ctx: JobContext, handler: Callable[[JobContext], dict[str, Any]]) -> None:
     try:
         result = handler(ctx)
+        ctx.flush()  # every token is in Redis before the final state is
     except (JobFailed, SoftTimeLimitExceeded, Exception) as exc:
         if isinstance(exc, JobFailed):
             error = {"type": exc.type, "message": exc.message}
@@ -252,17 +284,19 @@ def _run_claimed(ctx: JobContext, handler: Callable[[JobContext], dict[str, Any]
         else:
             log.exception("job %s failed", ctx.job_id)
             error = {"type": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
+        with contextlib.suppress(EventPumpError):
+            ctx.flush()  # the tokens before the failure still precede the error event
         if _finish(ctx, names.FAILED, error=error):
-            ctx.emit("error", error)
+            ctx.events.emit("error", error)
         return
     if ctx.cancelled.is_set():
         if _finish(ctx, names.CANCELLED, result=result, progress_tokens=_tokens(result)):
-            ctx.emit(
+            ctx.events.emit(
                 "status", {"status": names.CANCELLED, "attempt": ctx.attempt, "result": result}
             )
         return
     if _finish(ctx, names.SUCCEEDED, result=result, progress_tokens=_tokens(result)):
-        ctx.emit("done", result)
+        ctx.events.emit("done", result)
 
 
 def _tokens(result: dict[str, Any]) -> int:

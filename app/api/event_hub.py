@@ -58,6 +58,15 @@ class Subscription:
         while not self.queue.empty():
             self.queue.get_nowait()
 
+    def get_nowait(self) -> Any:
+        """Next queued item, or None if nothing is waiting."""
+        if self.queue.empty():
+            return None
+        item = self.queue.get_nowait()
+        if item is RESYNC:
+            self.overflowed = False
+        return item
+
     async def get(self, timeout: float | None = None) -> Any:
         """Next `(Event, bytes)` or `RESYNC`; raises TimeoutError after `timeout`."""
         item = await asyncio.wait_for(self.queue.get(), timeout)

@@ -50,22 +50,34 @@ async def relay_events(
             except TimeoutError:
                 yield b": ping\n\n"
                 continue
-            if item is not RESYNC:
+            # Send everything already waiting as one write: per-event overhead is what
+            # limits a fast stream, not bytes.
+            chunk: list[bytes] = []
+            resync = finished = False
+            while item is not None and not finished:
+                if item is RESYNC:
+                    resync = True
+                    break
                 event, encoded = item
-                if event.seq <= sent:
-                    continue
                 if event.seq == sent + 1:
                     sent = event.seq
-                    yield encoded
-                    if event.is_terminal:
-                        return
-                    continue
-            replayed, finished = await _replay(client, job_id, sent)
-            for event in replayed:
-                sent = event.seq
-                yield encode_sse(event)
+                    chunk.append(encoded)
+                    finished = event.is_terminal
+                elif event.seq > sent + 1:  # a live message went missing: replay
+                    resync = True
+                    break
+                item = None if finished else sub.get_nowait()
+            if chunk:
+                yield b"".join(chunk)
             if finished:
                 return
+            if resync:
+                replayed, finished = await _replay(client, job_id, sent)
+                for event in replayed:
+                    sent = event.seq
+                    yield encode_sse(event)
+                if finished:
+                    return
 
 
 async def _replay(client: aioredis.Redis, job_id: str, after: int) -> tuple[list[Event], bool]:

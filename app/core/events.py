@@ -42,27 +42,31 @@ class Event:
         return json.dumps({"seq": self.seq, "type": self.type, "data": self.data})
 
 
-# KEYS: seq, stream, progress   ARGV: type, data-json, maxlen, ttl, channel, progress-or-""
+# KEYS: seq, stream, progress
+# ARGV: maxlen, ttl, channel, progress-or-"", then (type, data-json) pairs
 _APPEND_LUA = """
-local seq = redis.call('INCR', KEYS[1])
-local payload = '{"seq":' .. seq .. ',"type":"' .. ARGV[1] .. '","data":' .. ARGV[2] .. '}'
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-0', 'e', payload)
-redis.call('PUBLISH', ARGV[5], payload)
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-if ARGV[6] ~= '' then
-  redis.call('SET', KEYS[3], ARGV[6], 'EX', ARGV[4])
+local seqs = {}
+for i = 5, #ARGV, 2 do
+  local seq = redis.call('INCR', KEYS[1])
+  local payload = '{"seq":' .. seq .. ',"type":"' .. ARGV[i] .. '","data":' .. ARGV[i + 1] .. '}'
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], seq .. '-0', 'e', payload)
+  redis.call('PUBLISH', ARGV[3], payload)
+  seqs[#seqs + 1] = seq
 end
-return seq
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+if ARGV[4] ~= '' then
+  redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[2])
+end
+return seqs
 """
 
 
 class EventWriter:
-    """Appends a job's events (worker side, synchronous)."""
+    """Appends a job's events (worker side, synchronous). Several events may go in one
+    call (`emit_many`): one round trip to Redis however many tokens are waiting."""
 
     def __init__(self, client: redis.Redis, job_id: str, *, maxlen: int, ttl_s: int) -> None:
-        self._client = client
-        self._job_id = job_id
         self._keys = [
             names.event_seq_key(job_id),
             names.events_stream_key(job_id),
@@ -74,14 +78,20 @@ class EventWriter:
         self._script = client.register_script(_APPEND_LUA)
 
     def emit(self, type_: str, data: dict[str, Any], *, progress_tokens: int | None = None) -> int:
-        if type_ not in EVENT_TYPES:
-            raise ValueError(f"unknown event type {type_!r}")
-        progress = "" if progress_tokens is None else str(progress_tokens)
-        seq = self._script(
-            keys=self._keys,
-            args=[type_, json.dumps(data), self._maxlen, self._ttl, self._channel, progress],
-        )
-        return int(seq)
+        return self.emit_many([(type_, data)], progress_tokens=progress_tokens)[0]
+
+    def emit_many(
+        self, events: list[tuple[str, dict[str, Any]]], *, progress_tokens: int | None = None
+    ) -> list[int]:
+        args: list[Any] = [
+            self._maxlen, self._ttl, self._channel,
+            "" if progress_tokens is None else str(progress_tokens),
+        ]  # fmt: skip
+        for type_, data in events:
+            if type_ not in EVENT_TYPES:
+                raise ValueError(f"unknown event type {type_!r}")
+            args += [type_, json.dumps(data)]
+        return [int(seq) for seq in self._script(keys=self._keys, args=args)]
 
 
 async def read_events_after(client: aioredis.Redis, job_id: str, after_seq: int) -> list[Event]:
