@@ -100,7 +100,6 @@ def sse_response(
         body,
         headers={"X-Accel-Buffering": "no", "Cache-Control": "no-store", **(headers or {})},
         ping=3600,
-        send_timeout=30,
     )
 
 

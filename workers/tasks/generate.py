@@ -17,7 +17,7 @@ from app.core.config import get_settings
 from app.core.db import session_scope
 from app.core.models import CodeHistory
 from workers.celery_app import celery_app
-from workers.jobrun import JobContext, run_job
+from workers.jobrun import JobContext, JobFailed, run_job
 
 if TYPE_CHECKING:
     from workers.llm import LoadedModel
@@ -64,7 +64,13 @@ def generate(job_id: str) -> None:
 
 
 def run_generation(ctx: JobContext) -> dict[str, Any]:
-    from workers.llm import SamplingParams, code_messages, extract_code, generate_stream
+    from workers.llm import (
+        PromptTooLongError,
+        SamplingParams,
+        code_messages,
+        extract_code,
+        generate_stream,
+    )
 
     settings = get_settings()
     request = ctx.request
@@ -84,9 +90,12 @@ def run_generation(ctx: JobContext) -> dict[str, Any]:
         ctx.emit("token", {"index": sent, "text": text}, progress_tokens=sent + 1)
         sent += 1
 
-    outcome = generate_stream(
-        loaded, messages, params, on_text=on_text, should_stop=ctx.cancelled.is_set
-    )
+    try:
+        outcome = generate_stream(
+            loaded, messages, params, on_text=on_text, should_stop=ctx.cancelled.is_set
+        )
+    except PromptTooLongError as exc:
+        raise JobFailed("prompt_too_long", str(exc)) from exc
     code = extract_code(outcome.text, request["language"])
     generation_id = _store_generation(ctx, loaded.model_id, params.__dict__, outcome, code)
     return {

@@ -13,12 +13,13 @@ import transformers
 
 from workers.llm import (
     GenerationOutcome,
-    IncrementalDecoder,
     LoadedModel,
+    PromptTooLongError,
     SamplingParams,
     code_messages,
     generate_stream,
     generate_text,
+    load_model_with_gpu,
 )
 
 MESSAGES = code_messages("Write a function that reverses a string.", "python")
@@ -76,32 +77,6 @@ def test_on_text_runs_synchronously_in_the_calling_thread(tiny: LoadedModel) -> 
     threads: set[int] = set()
     generate_stream(tiny, MESSAGES, GREEDY, on_text=lambda _: threads.add(threading.get_ident()))
     assert threads == {threading.get_ident()}
-
-
-def test_decoder_never_splits_a_character(tiny: LoadedModel) -> None:
-    text = "Café ✓ 🚀 日本語 é — done"
-    ids = tiny.tokenizer.encode(text, add_special_tokens=False)
-    decoder = IncrementalDecoder(tiny.tokenizer)
-    pieces = [decoder.push(i) for i in ids]
-    pieces.append(decoder.flush())
-    assert "" in pieces[:-1], "expected some multi-byte characters to be held back"
-    assert not any("\ufffd" in p for p in pieces)
-    assert "".join(pieces) == text
-
-
-def test_decoder_flushes_a_truncated_character_at_the_end(tiny: LoadedModel) -> None:
-    ids = tiny.tokenizer.encode("ok 🚀", add_special_tokens=False)
-    decoder = IncrementalDecoder(tiny.tokenizer)
-    held = [decoder.push(i) for i in ids[:-1]]  # the rocket's last byte never comes
-    assert "".join(held) == "ok"
-    assert decoder.flush().endswith("\ufffd")
-
-
-def test_decoder_skips_special_tokens(tiny: LoadedModel) -> None:
-    tok = tiny.tokenizer
-    decoder = IncrementalDecoder(tok)
-    ids = [*tok.encode("a b", add_special_tokens=False), tok.eos_token_id]
-    assert "".join(decoder.push(i) for i in ids) + decoder.flush() == "a b"
 
 
 def test_sampled_stream_holds_back_partial_characters(tiny: LoadedModel) -> None:
@@ -182,3 +157,31 @@ def test_greedy_passes_no_sampling_flags() -> None:
     kwargs = SamplingParams(temperature=0).generate_kwargs()
     assert kwargs["do_sample"] is False
     assert not {"temperature", "top_p", "top_k"} & set(kwargs)
+
+
+def test_max_new_tokens_is_clamped_to_the_context_window(tiny_dir, tmp_path) -> None:
+    loaded = load_model_with_gpu(str(tiny_dir), device="cpu", data_dir=tmp_path)
+    prompt = len(
+        loaded.tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True)["input_ids"]
+    )
+    loaded.model.config.max_position_embeddings = prompt + 5
+    outcome, _ = stream(loaded, SamplingParams(max_new_tokens=40, temperature=0))
+    assert (outcome.finish_reason, outcome.completion_tokens) == ("length", 5)
+    loaded.model.config.max_position_embeddings = prompt
+    with pytest.raises(PromptTooLongError, match=f"the prompt is {prompt} tokens"):
+        stream(loaded)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"max_new_tokens": 0},
+        {"temperature": -0.1},
+        {"top_p": 0},
+        {"top_p": 1.5},
+        {"repetition_penalty": 0},
+    ],
+)
+def test_sampling_params_refuse_nonsense(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        SamplingParams(**bad)

@@ -1,0 +1,35 @@
+"""`POST /feedback`: rate a generation; its running score is updated in the same transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.api.deps import OwnerDep, SessionDep
+from app.core.feedback import MAX_COMMENT_CHARS, record_feedback
+
+router = APIRouter(tags=["memory"])
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    generation_id: str = Field(min_length=1, max_length=36)
+    score: float = Field(ge=0.0, le=1.0, allow_inf_nan=False, description="0 worst … 1 best")
+    comment: str | None = Field(default=None, max_length=MAX_COMMENT_CHARS)
+
+
+@router.post("/feedback", status_code=201)
+def post_feedback(body: FeedbackRequest, session: SessionDep, owner: OwnerDep) -> dict[str, Any]:
+    """Rate a generation; better-rated generations rank higher in later retrievals."""
+    result = record_feedback(
+        session=session,
+        generation_id=body.generation_id,
+        score=body.score,
+        comment=body.comment,
+        owner=owner,
+    )
+    session.commit()  # committed before the client hears 201
+    return result.to_json()
