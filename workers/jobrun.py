@@ -114,13 +114,14 @@ class Lease:
         ttl_ms = int(ttl_s * 1000)
         if client.set(key, value, nx=True, px=ttl_ms):
             return cls(client, job_id, value, ttl_s)
-        holder = client.get(key)
+        raw = client.get(key)
+        holder = raw.decode() if isinstance(raw, bytes) else raw
         if (
             holder is not None
-            and _holder_is_dead_here(holder.decode())
+            and _holder_is_dead_here(holder)
             and client.eval(_TAKEOVER_LUA, 1, key, holder, value, ttl_ms)
         ):
-            log.warning("job %s: took over the lease of dead %s", job_id, holder.decode())
+            log.warning("job %s: took over the lease of dead %s", job_id, holder)
             return cls(client, job_id, value, ttl_s)
         return None
 

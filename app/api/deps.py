@@ -90,19 +90,19 @@ OwnerDep = Annotated[str, Depends(get_owner)]
 
 
 def get_redis_sync(request: Request) -> redis.Redis:
-    return request.app.state.redis_sync  # type: ignore[no-any-return]
+    return request.app.state.redis_sync
 
 
 def get_redis_async(request: Request) -> aioredis.Redis:
-    return request.app.state.redis  # type: ignore[no-any-return]
+    return request.app.state.redis
 
 
 def get_celery(request: Request) -> Celery:
-    return request.app.state.celery  # type: ignore[no-any-return]
+    return request.app.state.celery
 
 
 def get_hub(request: Request) -> EventHub:
-    return request.app.state.hub  # type: ignore[no-any-return]
+    return request.app.state.hub
 
 
 RedisDep = Annotated[redis.Redis, Depends(get_redis_sync)]

@@ -97,9 +97,13 @@ class EventWriter:
 async def read_events_after(client: aioredis.Redis, job_id: str, after_seq: int) -> list[Event]:
     """Every stored event with seq > after_seq, in order (replay)."""
     entries = await client.xrange(names.events_stream_key(job_id), min=f"({after_seq}-0")
-    return [Event.from_wire(fields[b"e"]) for _id, fields in entries]
+    return _parse_entries(entries)
 
 
 def read_events_after_sync(client: redis.Redis, job_id: str, after_seq: int) -> list[Event]:
     entries = client.xrange(names.events_stream_key(job_id), min=f"({after_seq}-0")
-    return [Event.from_wire(fields[b"e"]) for _id, fields in entries]  # type: ignore[union-attr]
+    return _parse_entries(entries)
+
+
+def _parse_entries(entries: Any) -> list[Event]:
+    return [Event.from_wire(fields[b"e"]) for _id, fields in entries or ()]

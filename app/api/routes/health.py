@@ -65,7 +65,7 @@ def _queue_consumers(request: Request) -> dict[str, int]:
     state = request.app.state
     cached = getattr(state, "queue_consumers", None)
     if cached and time.monotonic() - cached[0] < _WORKER_CACHE_S:
-        return cached[1]  # type: ignore[no-any-return]
+        return cached[1]
     counts: dict[str, int] = {}
     try:
         replies = state.celery.control.inspect(timeout=1.0).active_queues() or {}
