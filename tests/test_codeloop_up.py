@@ -1,0 +1,68 @@
+"""`codeloop up`: one command brings up the whole service and Ctrl-C takes it all down."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import psutil
+
+from tests.conftest import free_port, wait_until
+from tests.support import ROOT
+
+
+def test_codeloop_up_serves_a_generation_and_stops_cleanly(tmp_path, tiny_model_dir):
+    api_port, flower_port, redis_port = free_port(), free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODELOOP_")}
+    env.update({
+        "CODELOOP_MODEL_ID": str(tiny_model_dir),
+        "CODELOOP_MODEL_DEVICE": "cpu",
+        "CODELOOP_EMBEDDED_REDIS_PORT": str(redis_port),
+        "CODELOOP_FLOWER_BASIC_AUTH": "ops:secret",
+        "PYTHONPATH": str(ROOT),
+    })  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "up", "--port", str(api_port),
+         "--flower-port", str(flower_port)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{api_port}"
+    try:
+
+        def ready() -> bool:
+            try:
+                return httpx.get(url + "/readyz", timeout=3).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, 180, interval=0.5, what="codeloop up to be ready")
+        with httpx.Client(base_url=url, timeout=60) as http:
+            job = http.post("/generate_code", json={"task": "x", "max_new_tokens": 4}).json()
+            done = http.get(f"/jobs/{job['id']}", params={"wait": 30}).json()
+        assert done["status"] == "succeeded", done
+        flower = f"http://127.0.0.1:{flower_port}/"
+        wait_until(lambda: _status(flower, None) in (401, 200), 60, what="flower")
+        assert _status(flower, None) == 401
+        assert _status(flower, ("ops", "secret")) == 200
+        assert (tmp_path / "data" / "codeloop.db").exists()
+        assert (tmp_path / "data" / "redis" / "appendonly.aof").exists()
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 6  # redis, 3 workers, beat, api, flower (+ pool processes)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=60)[0]
+    assert "codeloop is up." in output and "curl" in output
+    assert proc.returncode == 0, output
+    time.sleep(0.5)
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+
+def _status(url: str, auth: tuple[str, str] | None) -> int | None:
+    try:
+        return httpx.get(url, auth=auth, timeout=5).status_code
+    except httpx.HTTPError:
+        return None
