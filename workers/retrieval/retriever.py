@@ -1,0 +1,477 @@
+"""FeedbackAwareRetriever: a local hnswlib replica of the SQL embeddings, re-ranked by
+what users thought of each item.
+
+Lifecycle of a replica (one per worker process, no shared disk needed):
+1. `open()`: embed any item that has no embedding yet, then load the index file from the
+   data dir if it verifies (checksum) and matches SQL (model, dim, HNSW graph params,
+   and every label's item); otherwise rebuild it from SQL. Save it.
+2. `sync()` (before every search): add rows with `seq` above the high-water mark, and
+   re-ask for *gaps* — seqs below the mark not seen yet. On PostgreSQL a row can commit
+   after rows with higher seqs, so "everything above the mark" alone would skip it
+   forever; gaps are watched for `GAP_TTL_S`, and a full reconcile against the SQL
+   catalog every `RECONCILE_INTERVAL_S` catches anything else (deleted rows included).
+3. Every replica converges on the same content because SQL is the only input.
+
+Ranking: over-fetch nearest neighbours, read feedback and usage from SQL, sort by
+`ranking.combined_score`. A rating therefore changes the very next search.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.core.config import Settings, get_settings
+from app.core.history import record_usage
+from app.core.models import RetrieverConfig
+from workers.retrieval import embedding_store as store
+from workers.retrieval.embedder import Embedder, get_embedder
+from workers.retrieval.index_file import IndexFileError, IndexHeader, load_index, save_index
+from workers.retrieval.items import ItemDetails, load_details
+from workers.retrieval.ranking import RankingWeights, combined_score, effective_feedback
+from workers.retrieval.vector_index import HnswParams, LabelInfo, VectorIndex
+
+log = logging.getLogger(__name__)
+
+GAP_TTL_S = 600.0  # a transaction open this long is not going to commit an embedding
+GAP_WINDOW = 1000  # after a build or reconcile, absent seqs this close to the top are watched
+MAX_GAPS = 10_000
+PENDING_SCAN_INTERVAL_S = 10.0
+RECONCILE_INTERVAL_S = 300.0
+SAVE_INTERVAL_S = 300.0
+PENDING_BATCH = 256
+OVERFETCH, MIN_FETCH = 4, 64
+SNIPPET_CHARS = 1200
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    item_type: str
+    item_id: str
+    language: str
+    title: str | None
+    snippet: str
+    similarity: float
+    feedback_score: float  # the mean rating, or the neutral prior when unrated
+    feedback_count: int
+    usage_count: int
+    combined: float
+    details: ItemDetails
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "item_type": self.item_type,
+            "item_id": self.item_id,
+            "language": self.language,
+            "title": self.title,
+            "snippet": self.snippet,
+            "similarity": round(self.similarity, 6),
+            "feedback_score": round(self.feedback_score, 6),
+            "feedback_count": self.feedback_count,
+            "usage_count": self.usage_count,
+            "combined": round(self.combined, 6),
+        }
+
+
+def default_index_path(settings: Settings) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", settings.embedding_model).strip("_") or "model"
+    return Path(settings.data_dir) / "retrieval" / f"{slug}.clidx"
+
+
+def configured_params(session: Session) -> HnswParams:
+    """HNSW parameters of the newest active tuner result, or the defaults."""
+    params = session.scalar(
+        select(RetrieverConfig.params)
+        .where(RetrieverConfig.active.is_(True))
+        .order_by(RetrieverConfig.created_at.desc(), RetrieverConfig.id.desc())
+        .limit(1)
+    )
+    return HnswParams.from_dict(params if isinstance(params, dict) else None)
+
+
+class FeedbackAwareRetriever:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        settings: Settings | None = None,
+        embedder: Embedder | None = None,
+        index_path: Path | None = None,
+        params: HnswParams | None = None,
+    ) -> None:
+        settings = settings or get_settings()
+        self.model = settings.embedding_model
+        self.weights = RankingWeights.from_settings(settings)
+        self.index_path = index_path or default_index_path(settings)
+        self.embedder = embedder or get_embedder(self.model)
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._fixed_params = params  # None: follow retriever_configs
+        self._lock = threading.RLock()
+        self._pending_lock = threading.Lock()
+        self._index: VectorIndex | None = None
+        self._dim = 0
+        self._hwm = 0
+        self._gaps: dict[int, float] = {}  # seq -> monotonic time first missed
+        self._unsaved = 0
+        self._last_pending_scan = self._last_reconcile = self._last_save = 0.0
+        self._rebuilding = False
+        self.opened_how: str | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def open(self) -> str:
+        """Load or build the replica; returns "loaded", "built" or "rebuilt (<why>)"."""
+        with self._lock:
+            if self.opened_how is not None:
+                return self.opened_how
+            self._dim = self.embedder.dim
+            self.embed_pending()
+            params = self._params()
+            try:
+                self._load(params)
+                how = "loaded"
+            except IndexFileError as exc:
+                how = "built" if str(exc) == "no index file" else f"rebuilt ({exc})"
+                log.info("retrieval index %s: %s", self.index_path, how)
+                self._build(params)
+            self.opened_how = how
+            if how != "loaded" or self._unsaved:
+                self.save()
+            self._last_reconcile = time.monotonic()
+            return how
+
+    def _params(self) -> HnswParams:
+        if self._fixed_params is not None:
+            return self._fixed_params
+        with self._sessions() as session:
+            return configured_params(session)
+
+    def _load(self, params: HnswParams) -> None:
+        index, header = load_index(self.index_path)
+        if header.model != self.model or header.dim != self._dim:
+            raise IndexFileError(f"stale: built for {header.model} ({header.dim} dims)")
+        if not header.params.same_graph(params):
+            raise IndexFileError(f"stale: built with {header.params.to_dict()}")
+        with self._sessions() as session:
+            sql_catalog = store.catalog(session, self.model, self._dim)
+            top = store.max_seq(session)
+        if header.hwm > top:
+            raise IndexFileError("stale: ahead of SQL (another database?)")
+        if any(sql_catalog.get(seq, info) != info for seq, info in header.labels.items()):
+            raise IndexFileError("stale: labels do not match SQL")
+        gone = sum(seq not in sql_catalog for seq in header.labels)
+        if gone and gone * 2 >= len(header.labels):  # rows are rarely deleted: a foreign file
+            raise IndexFileError("stale: most labels are not in SQL")
+        if params.ef != index.params.ef:
+            index.set_ef(params.ef)
+        self._index, self._hwm = index, header.hwm
+        now = time.monotonic()
+        self._gaps = dict.fromkeys(header.gaps, now)
+        self._reconcile(sql_catalog)
+
+    def _build(self, params: HnswParams) -> None:
+        self._index, self._hwm, self._gaps = self._build_index(params)
+        self._unsaved += 1
+
+    def _build_index(self, params: HnswParams) -> tuple[VectorIndex, int, dict[int, float]]:
+        """A fresh index of every SQL row, its high-water mark and gaps (touches no state)."""
+        with self._sessions() as session:
+            size = len(store.catalog(session, self.model, self._dim))
+            index = VectorIndex(self._dim, params, capacity=size + 1024)
+            for rows in store.iter_all_rows(session, self.model, self._dim):
+                index.add(
+                    [r.seq for r in rows],
+                    np.stack([r.vector for r in rows]),
+                    [r.info for r in rows],
+                )
+        hwm = max(index.labels, default=0)
+        now = time.monotonic()
+        gaps = {
+            seq: now for seq in range(max(hwm - GAP_WINDOW, 0) + 1, hwm) if seq not in index.labels
+        }
+        return index, hwm, gaps
+
+    def _rebuild_in_background(self, params: HnswParams) -> None:
+        """Swap in an index built with new graph params; searches go on meanwhile."""
+        if self._rebuilding:
+            return
+        self._rebuilding = True
+
+        def work() -> None:
+            try:
+                index, hwm, gaps = self._build_index(params)
+                with self._lock:
+                    self._index, self._hwm, self._gaps = index, hwm, gaps
+                    self._catch_up()
+                    self.save()
+            except Exception:
+                log.exception("rebuilding the retrieval index failed")
+            finally:
+                self._rebuilding = False
+
+        threading.Thread(target=work, name="retrieval-rebuild", daemon=True).start()
+
+    def rebuild(self, params: HnswParams | None = None) -> None:
+        """Rebuild from SQL now (e.g. after the tuner chose new HNSW parameters)."""
+        with self._lock:
+            self._dim = self._dim or self.embedder.dim
+            self._build(params or self._params())
+            self.opened_how = self.opened_how or "built"
+            self.save()
+
+    def save(self) -> Path | None:
+        """Write the replica to the data dir; a failure only costs a rebuild at next start."""
+        with self._lock:
+            if self._index is None:
+                return None
+            header = IndexHeader(
+                self.model,
+                self._dim,
+                self._index.params,
+                self._hwm,
+                dict(self._index.labels),
+                sorted(self._gaps),
+            )
+            try:
+                save_index(self.index_path, self._index, header)
+            except OSError as exc:
+                log.warning("could not save the retrieval index to %s: %s", self.index_path, exc)
+                return None
+            self._unsaved = 0
+            self._last_save = time.monotonic()
+            return self.index_path
+
+    def close(self) -> None:
+        with self._lock:
+            if self._unsaved:
+                self.save()
+
+    # --- keeping up with SQL -----------------------------------------------------------------
+    def sync(self, *, force: bool = False) -> int:
+        """Bring the replica up to date with SQL; returns how many vectors were added."""
+        self.open()
+        now = time.monotonic()
+        if force or now - self._last_pending_scan >= PENDING_SCAN_INTERVAL_S:
+            self.embed_pending()
+        with self._lock:
+            assert self._index is not None
+            if force or now - self._last_reconcile >= RECONCILE_INTERVAL_S:
+                added = self._refresh_params_and_reconcile()
+            else:
+                added = self._catch_up()
+            self._unsaved += added
+            if self._unsaved and time.monotonic() - self._last_save >= SAVE_INTERVAL_S:
+                self.save()
+            return added
+
+    def _catch_up(self) -> int:
+        assert self._index is not None
+        now = time.monotonic()
+        self._gaps = {seq: t for seq, t in self._gaps.items() if now - t < GAP_TTL_S}
+        with self._sessions() as session:
+            rows = store.rows_after(session, self.model, self._dim, self._hwm, self._gaps)
+        added = self._add_rows(rows)
+        seen = {row.seq for row in rows}
+        for seq in seen:
+            self._gaps.pop(seq, None)
+        top = max(seen, default=self._hwm)
+        if top > self._hwm:
+            self._watch_gaps(seen, self._hwm, top)
+            self._hwm = top
+        return added
+
+    def _reconcile(self, sql_catalog: dict[int, LabelInfo] | None = None) -> int:
+        """Make the replica hold exactly the SQL catalog (adds, replaces and removes)."""
+        assert self._index is not None
+        if sql_catalog is None:
+            with self._sessions() as session:
+                sql_catalog = store.catalog(session, self.model, self._dim)
+        index = self._index
+        gone = [seq for seq in index.labels if seq not in sql_catalog]
+        index.remove(gone)
+        wrong = [seq for seq, info in sql_catalog.items() if index.labels.get(seq) != info]
+        with self._sessions() as session:
+            rows = store.rows_by_seq(session, self.model, self._dim, wrong)
+        added = self._add_rows(rows)
+        top = max(sql_catalog, default=0)
+        self._gaps = {seq: t for seq, t in self._gaps.items() if seq not in sql_catalog}
+        self._watch_gaps(set(sql_catalog), max(top - GAP_WINDOW, 0), top)
+        self._hwm = max(self._hwm, top)
+        self._last_reconcile = time.monotonic()
+        return added + len(gone)
+
+    def _refresh_params_and_reconcile(self) -> int:
+        assert self._index is not None
+        params = self._params()
+        if not params.same_graph(self._index.params):
+            log.info("HNSW parameters changed to %s: rebuilding", params.to_dict())
+            self._rebuild_in_background(params)
+        if params.ef != self._index.params.ef:
+            self._index.set_ef(params.ef)
+        return self._reconcile()
+
+    def _add_rows(self, rows: Sequence[store.EmbeddingRow]) -> int:
+        assert self._index is not None
+        fresh = [row for row in rows if self._index.labels.get(row.seq) != row.info]
+        if fresh:
+            self._index.add(
+                [r.seq for r in fresh], np.stack([r.vector for r in fresh]), [r.info for r in fresh]
+            )
+        return len(fresh)
+
+    def _watch_gaps(self, present: set[int], low: int, high: int) -> None:
+        """Remember seqs in (low, high) not present: they may still commit."""
+        assert self._index is not None
+        if high - low > MAX_GAPS:  # a jump in the sequence; the periodic reconcile covers it
+            low = high - MAX_GAPS
+        now = time.monotonic()
+        held = self._index.labels
+        for seq in range(low + 1, high):
+            if seq not in present and seq not in held:
+                self._gaps.setdefault(seq, now)
+        if len(self._gaps) > MAX_GAPS:
+            self._gaps = dict(sorted(self._gaps.items())[-MAX_GAPS:])
+
+    def embed_pending(self) -> int:
+        """Embed items that have no embedding row yet (e.g. knowledge added via the API)."""
+        if not self._pending_lock.acquire(blocking=False):
+            return 0  # another thread is at it
+        try:
+            total = 0
+            while True:
+                with self._sessions() as session:
+                    items = store.pending_items(session, self.model, PENDING_BATCH)
+                if not items:
+                    break
+                vectors = self.embedder.encode([item.text for item in items])
+                with self._sessions.begin() as session:
+                    store.store_vectors(session, self.model, items, vectors)
+                total += len(items)
+                if len(items) < PENDING_BATCH:
+                    break
+            self._last_pending_scan = time.monotonic()
+            return total
+        finally:
+            self._pending_lock.release()
+
+    def index_generation(self, generation_id: str) -> bool:
+        """Embed one stored generation and add it; False if there is no such generation."""
+        with self._sessions() as session:
+            item = store.generation_item(session, generation_id)
+        if item is None:
+            return False
+        vectors = self.embedder.encode([item.text], batch_size=1)
+        with self._sessions.begin() as session:
+            store.store_vectors(session, self.model, [item], vectors)
+        with self._lock:
+            if self._index is not None:
+                self._unsaved += self._catch_up()
+        return True
+
+    # --- search --------------------------------------------------------------------------------
+    def search(
+        self,
+        query: str,
+        *,
+        language: str | None = None,
+        k: int = 5,
+        item_types: Iterable[str] | None = None,
+    ) -> list[SearchHit]:
+        """The k best items for a query: similar, well rated, often used."""
+        return self.search_vector(
+            self.embedder.encode_one(query), language=language, k=k, item_types=item_types
+        )
+
+    def search_vector(
+        self,
+        vector: np.ndarray,
+        *,
+        language: str | None = None,
+        k: int = 5,
+        item_types: Iterable[str] | None = None,
+    ) -> list[SearchHit]:
+        self.sync()
+        with self._lock:
+            assert self._index is not None
+            nearest = self._index.search(
+                vector, max(k * OVERFETCH, MIN_FETCH), language=language, item_types=item_types
+            )
+            infos = {seq: self._index.labels[seq] for seq, _ in nearest}
+        with self._sessions() as session:
+            details = load_details(session, {(i.item_type, i.item_id) for i in infos.values()})
+        best: dict[tuple[str, str], SearchHit] = {}
+        for seq, similarity in nearest:
+            info = infos[seq]
+            item = details.get((info.item_type, info.item_id))
+            if item is None:  # deleted from SQL since it was indexed
+                continue
+            hit = self._hit(item, similarity)
+            key = (item.item_type, item.item_id)
+            if key not in best or best[key].combined < hit.combined:
+                best[key] = hit
+        ranked = sorted(best.values(), key=lambda h: (-h.combined, -h.similarity, h.item_id))
+        return ranked[:k]
+
+    def _hit(self, item: ItemDetails, similarity: float) -> SearchHit:
+        neutral = self.weights.neutral_feedback
+        return SearchHit(
+            item_type=item.item_type,
+            item_id=item.item_id,
+            language=item.language,
+            title=item.title,
+            snippet=item.body[:SNIPPET_CHARS],
+            similarity=similarity,
+            feedback_score=effective_feedback(item.feedback_score, item.feedback_count, neutral),
+            feedback_count=item.feedback_count,
+            usage_count=item.usage_count,
+            combined=combined_score(
+                similarity, item.feedback_score, item.feedback_count, item.usage_count, self.weights
+            ),
+            details=item,
+        )
+
+    def record_use(self, hits: Iterable[SearchHit]) -> None:
+        """Count that these items were put into a prompt (raises their usage term)."""
+        hits = list(hits)
+        with self._sessions.begin() as session:
+            record_usage(
+                session=session,
+                generation_ids=[h.item_id for h in hits if h.item_type == store.GENERATION],
+                knowledge_ids=[h.item_id for h in hits if h.item_type == store.KNOWLEDGE],
+            )
+
+    def session(self) -> Session:
+        """A read session on the retriever's database (use as a context manager)."""
+        return self._sessions()
+
+    def transaction(self) -> AbstractContextManager[Session]:
+        """A session that commits on leaving the block."""
+        return self._sessions.begin()
+
+    # --- introspection (tests, metrics) -------------------------------------------------------
+    @property
+    def size(self) -> int:
+        with self._lock:
+            return 0 if self._index is None else len(self._index)
+
+    @property
+    def high_water_mark(self) -> int:
+        return self._hwm
+
+    def labels(self) -> dict[int, LabelInfo]:
+        with self._lock:
+            return {} if self._index is None else dict(self._index.labels)
+
+    def watched_gaps(self) -> set[int]:
+        with self._lock:
+            return set(self._gaps)
