@@ -117,9 +117,8 @@ def run_embedded(api_port: int | None = None, flower_port: int = 5555) -> int:
         sup.start("worker-execute", [*worker, "-Q", "execute", "-c", "2", "-n", "exec@%h"], env)
         # Search has its own process: it never waits behind a generation, and the
         # execute worker stays free of torch (the embedder needs it).
-        sup.start(
-            "worker-search", [*worker, "-Q", "search,maintenance", "-c", "1", "-n", "search@%h"], env
-        )
+        search = [*worker, "-Q", "search,maintenance", "-c", "1", "-n", "search@%h"]
+        sup.start("worker-search", search, env)
         sup.start("beat", [*celery, "beat", "--loglevel", "INFO",
                            "--schedule", str(data / "celerybeat-schedule")], env)  # fmt: skip
         sup.start("api", [sys.executable, "-m", "uvicorn", "app.main:app",

@@ -26,8 +26,8 @@ import httpx
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench._stack import percentile, stack  # noqa: E402
-from tests.support import build_test_model, parse_sse  # noqa: E402
+from bench._stack import percentile, stack
+from tests.support import build_test_model, parse_sse
 
 TASK = "Write a Python function that parses a CSV line with quoted fields."
 
@@ -46,7 +46,7 @@ def in_process(model_id: str, tokens: int, runs: int, data_dir: Path) -> dict[st
         marks: list[float] = []
         started = time.perf_counter()
         outcome = generate_stream(
-            loaded, messages, params, on_text=lambda _t: marks.append(time.perf_counter())
+            loaded, messages, params, on_text=lambda _t, m=marks: m.append(time.perf_counter())
         )
         counts.append(outcome.completion_tokens)
         rates.append(outcome.completion_tokens / (marks[-1] - started))

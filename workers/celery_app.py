@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 from celery import Celery
-from celery.signals import celeryd_after_setup, worker_process_init
+from celery.signals import celeryd_after_setup, worker_process_init, worker_process_shutdown
 
 from app.core import db
 from app.core.celery_config import celery_config
@@ -31,7 +32,6 @@ celery_app.conf.include = [
     "workers.tasks.maintenance",
 ]
 app = celery_app
-
 
 
 # Queues this worker consumes, learnt in the parent before it forks its pool.
@@ -56,7 +56,16 @@ def _init_process(**_kwargs: Any) -> None:
         from workers.tasks import generate
 
         generate.load_model_once()
-    if "search" in queues:
+    if queues & {"generate", "search"}:  # both hold the embedder and an index replica
         from workers.tasks import search
 
         search.warm_up()
+
+
+@worker_process_shutdown.connect
+def _shutdown_process(**_kwargs: Any) -> None:
+    """Save the index replica (if this process holds one) so the next start loads it."""
+    if sys.modules.get("workers.retrieval.service") is not None:
+        from workers.retrieval import service
+
+        service.reset()

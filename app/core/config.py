@@ -78,6 +78,21 @@ class Settings(BaseSettings):
     exec_output_bytes: int = 1_048_576
     exec_max_code_bytes: int = 262_144
     exec_max_stdin_bytes: int = 1_048_576
+    exec_pids_max: int = 128
+    exec_cpus: float = 1.0
+    exec_tmpfs_mb: int = 64
+    exec_nofile: int = 256
+    lint_timeout_s: float = 30.0
+    lint_memory_mb: int = 768
+    # Docker images per runtime family (built by scripts/build-sandbox-images.sh).
+    sandbox_image_python: str = "codeloop/sandbox-python:1"
+    sandbox_image_node: str = "codeloop/sandbox-node:1"
+    sandbox_image_java: str = "codeloop/sandbox-java:1"
+    # Pinned npm tools (esbuild, React, ESLint), bound read-only into the sandbox.
+    sandbox_tools_dir: Path = Path("/opt/codeloop/sandbox-tools")
+    sandbox_cgroup: str = "codeloop-sandbox"
+    sandbox_uid_base: int = 1_990_000_000
+    sandbox_slots: int = 64
 
     # --- retrieval ------------------------------------------------------------------
     embedding_model: str = "all-MiniLM-L6-v2"

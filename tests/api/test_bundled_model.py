@@ -24,8 +24,13 @@ def test_bundled_model_streams_python_code(service_env, tmp_path, bundled_data_d
     try:
         api.wait_ready()
         worker.wait_ready(timeout=240)  # the first load converts the GGUF (~20-30 s)
-        body = {"task": "Write a Python function add(a, b) that returns a + b.",
-                "language": "python", "max_new_tokens": 96, "temperature": 0, "stream": True}  # fmt: skip
+        body = {
+            "task": "Write a Python function add(a, b) that returns a + b.",
+            "language": "python",
+            "max_new_tokens": 96,
+            "temperature": 0,
+            "stream": True,
+        }
         with httpx.Client(base_url=api.url, timeout=300) as http, http.stream(
             "POST", "/generate_code", json=body
         ) as response:

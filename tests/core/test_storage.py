@@ -29,7 +29,7 @@ def sessions(any_db_url: str):
 def test_migrations_create_every_table_and_are_idempotent(any_db_url: str):
     migrate(any_db_url)  # second run: nothing to do, no error
     engine = make_engine(any_db_url)
-    assert SPEC_TABLES <= set(inspect(engine).get_table_names())
+    assert set(inspect(engine).get_table_names()) >= SPEC_TABLES
     engine.dispose()
 
 

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import update
-
 from app.core import names
 from app.core.config import get_settings
 from app.core.db import session_scope
-from app.core.models import CodeHistory
+from app.core.history import record_execution_status
 from workers.celery_app import celery_app
 from workers.jobrun import JobContext, run_job
 
@@ -50,10 +48,8 @@ def run_execution(ctx: JobContext) -> dict[str, Any]:
     generation_id = ctx.request.get("generation_id")
     if generation_id:
         with session_scope() as session:
-            session.execute(
-                update(CodeHistory)
-                .where(CodeHistory.id == generation_id)
-                .values(last_execution_status=result["status"])
+            record_execution_status(
+                session=session, generation_id=generation_id, status=result["status"]
             )
     return result
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from app.core import names
 from app.core.config import get_settings
 from app.core.db import session_scope
-from app.core.models import CodeHistory
+from app.core.history import store_generation
 from workers.celery_app import celery_app
 from workers.jobrun import JobContext, JobFailed, run_job
 
@@ -98,6 +98,7 @@ def run_generation(ctx: JobContext) -> dict[str, Any]:
         raise JobFailed("prompt_too_long", str(exc)) from exc
     code = extract_code(outcome.text, request["language"])
     generation_id = _store_generation(ctx, loaded.model_id, params.__dict__, outcome, code)
+    _index(generation_id)
     return {
         "generation_id": generation_id,
         "text": outcome.text,
@@ -123,7 +124,8 @@ def _store_generation(
 ) -> str:
     request = ctx.request
     with session_scope() as session:
-        row = CodeHistory(
+        row = store_generation(
+            session=session,
             job_id=ctx.job_id,
             owner=ctx.owner,
             project_id=request.get("project_id"),
@@ -137,9 +139,18 @@ def _store_generation(
             prompt_tokens=outcome.prompt_tokens,
             completion_tokens=outcome.completion_tokens,
         )
-        session.add(row)
-        session.flush()
         return row.id
+
+
+def _index(generation_id: str) -> None:
+    """Embed the new generation so the next search can find it. Best effort: the row is
+    in SQL, and any retriever replica catches up from there if this fails."""
+    from workers.retrieval import service
+
+    try:
+        service.index_generation(generation_id)
+    except Exception:
+        log.exception("generation %s stored but not indexed yet", generation_id)
 
 
 def _or(value: Any, default: Any) -> Any:
