@@ -95,8 +95,8 @@ def test_humaneval_canonical_solutions_pass_through_the_api(platform: Platform):
     with platform.client() as http:
 
         def submit(problem: dict) -> str:
-            body = {"language": "python", "code": humaneval_program(problem,
-                                                                    problem["canonical_solution"])}  # fmt: skip
+            code = humaneval_program(problem, problem["canonical_solution"])
+            body = {"language": "python", "code": code}
             return str(http.post("/execute_code", json=body).json()["id"])
 
         started = time.monotonic()
@@ -107,8 +107,8 @@ def test_humaneval_canonical_solutions_pass_through_the_api(platform: Platform):
             while job["status"] in ("queued", "running"):
                 job = jobs[i] = http.get(f"/jobs/{job['id']}", params={"wait": 30}).json()
         elapsed = time.monotonic() - started
-        wrong = run(http, {"language": "python",
-                           "code": humaneval_program(problems[0], "    return not None\n")})  # fmt: skip
+        code = humaneval_program(problems[0], "    return not None\n")
+        wrong = run(http, {"language": "python", "code": code})
     failed = {p["task_id"]: j["result"] for p, j in zip(problems, jobs, strict=True)
               if j["status"] != "succeeded" or j["result"]["status"] != "ok"}  # fmt: skip
     assert failed == {}

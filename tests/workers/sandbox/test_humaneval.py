@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from tests.support import humaneval_program as program
