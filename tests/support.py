@@ -46,43 +46,31 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-class Worker:
-    """A real `celery worker` process (prefork pool) on the given queues."""
+class ServiceProcess:
+    """A real service process with its output in a log file; stopped by `stop`."""
 
-    def __init__(
-        self, env: dict[str, str], queues: str = ALL_QUEUES, concurrency: int = 1,
-        log_path: Path | None = None, name: str | None = None,
-    ) -> None:  # fmt: skip
-        self.name = name or f"w{os.getpid()}-{time.monotonic_ns()}@%h"
-        cmd = [
-            sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-            "-Q", queues, "-c", str(concurrency), "-n", self.name, "--loglevel", "INFO",
-            "--without-gossip", "--without-mingle", "--pool", "prefork",
-        ]  # fmt: skip
+    stop_signal = signal.SIGTERM
+
+    def __init__(self, cmd: list[str], env: dict[str, str], log_path: Path | None) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
             cmd, env=_env(env), cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
         )
 
-    def wait_ready(self, timeout: float = 90.0) -> Worker:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited with {self.proc.returncode}: {self.log()}")
-            if "ready." in self.log():
-                return self
-            time.sleep(0.2)
-        raise AssertionError(f"worker not ready after {timeout}s: {self.log()[-3000:]}")
-
     def log(self) -> str:
         if self.log_path is None or not self.log_path.exists():
             return ""
         return self.log_path.read_text(errors="replace")
 
+    def _check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"{self.proc.args} exited with {self.proc.returncode}: "
+                                 f"{self.log()[-3000:]}")  # fmt: skip
+
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(self.stop_signal)
             try:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
@@ -92,51 +80,57 @@ class Worker:
             self._log.close()  # type: ignore[union-attr]
 
 
-class Beat:
+class Worker(ServiceProcess):
+    """A real `celery worker` process (prefork pool) on the given queues."""
+
+    def __init__(
+        self, env: dict[str, str], queues: str = ALL_QUEUES, concurrency: int = 1,
+        log_path: Path | None = None, name: str | None = None,
+    ) -> None:  # fmt: skip
+        self.name = name or f"w{os.getpid()}-{time.monotonic_ns()}@%h"
+        super().__init__([
+            sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+            "-Q", queues, "-c", str(concurrency), "-n", self.name, "--loglevel", "INFO",
+            "--without-gossip", "--without-mingle", "--pool", "prefork",
+        ], env, log_path)  # fmt: skip
+
+    def wait_ready(self, timeout: float = 90.0) -> Worker:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            if "ready." in self.log():
+                return self
+            time.sleep(0.2)
+        raise AssertionError(f"worker not ready after {timeout}s: {self.log()[-3000:]}")
+
+
+class Beat(ServiceProcess):
     """A real `celery beat` process (the reconciler's clock)."""
 
     def __init__(self, env: dict[str, str], workdir: Path) -> None:
-        self._log = open(workdir / "beat.log", "wb")  # noqa: SIM115
-        cmd = [
+        super().__init__([
             sys.executable, "-m", "celery", "-A", "workers.celery_app", "beat",
             "--schedule", str(workdir / "beat-schedule"), "--loglevel", "INFO",
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(
-            cmd, env=_env(env), cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
-        )
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
+        ], env, workdir / "beat.log")  # fmt: skip
 
 
-class ApiServer:
+class ApiServer(ServiceProcess):
     """A real uvicorn process serving `app.main:app` on a free loopback port."""
+
+    stop_signal = signal.SIGINT
 
     def __init__(self, env: dict[str, str], port: int, log_path: Path | None = None) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self.log_path = log_path
-        self._log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
-        cmd = [
+        super().__init__([
             sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
             "--port", str(port), "--log-level", "warning",
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(
-            cmd, env=_env(env), cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
-        )
+        ], env, log_path)  # fmt: skip
 
     def wait_ready(self, timeout: float = 30.0) -> ApiServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"API exited with {self.proc.returncode}: {self.log()}")
+            self._check_alive()
             try:
                 if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
                     return self
@@ -144,22 +138,6 @@ class ApiServer:
                 pass
             time.sleep(0.1)
         raise AssertionError(f"API not ready: {self.log()}")
-
-    def log(self) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if self._log is not subprocess.DEVNULL:
-            self._log.close()  # type: ignore[union-attr]
 
 
 @dataclass

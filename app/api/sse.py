@@ -34,9 +34,9 @@ async def relay_events(
     sent = last_event_id
     async with hub.subscribe(job_id) as sub:
         replayed, finished = await _replay(client, job_id, sent)
-        for event in replayed:
-            sent = event.seq
-            yield encode_sse(event)
+        if replayed:
+            sent = replayed[-1].seq
+            yield b"".join(encode_sse(e) for e in replayed)
         if finished:
             return
         if not replayed and sent == 0:
@@ -73,9 +73,9 @@ async def relay_events(
                 return
             if resync:
                 replayed, finished = await _replay(client, job_id, sent)
-                for event in replayed:
-                    sent = event.seq
-                    yield encode_sse(event)
+                if replayed:
+                    sent = replayed[-1].seq
+                    yield b"".join(encode_sse(e) for e in replayed)
                 if finished:
                     return
 

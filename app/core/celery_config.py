@@ -29,6 +29,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {task: {"queue": queue} for task, queue in names.TASK_QUEUES.items()},
         "task_default_queue": names.QUEUE_MAINTENANCE,
         "worker_prefetch_multiplier": 1,
+        # A pool process loads the LLM and the embedder before it reports up (the bundled
+        # model's first conversion takes ~30 s); Celery's 4 s default would kill it and
+        # start another, forever.
+        "worker_proc_alive_timeout": 300,
         "broker_transport_options": {"visibility_timeout": settings.broker_visibility_timeout_s},
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
