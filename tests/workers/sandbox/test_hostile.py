@@ -48,8 +48,11 @@ def test_shell_fork_bomb(backend: str, token: str):
     bomb = "bomb() { bomb | bomb & }; bomb; wait"
     code = f"import os\nos.execv('/bin/sh', ['sh', '-c', {bomb!r}, {token!r}])"
     result = run("python", code, timeout_s=2)
-    # The pids limit stops it ("Cannot fork"), or the wall clock does.
-    assert "Cannot fork" in result["stderr"] or result["status"] == "time_limit_exceeded"
+    # The pids limit starves it ("Cannot fork", or dash's subshells just die and the
+    # script ends) or the wall clock kills it: either way it ends inside its budget,
+    # leaves nothing behind, and the host still forks.
+    assert result["status"] in ("ok", "runtime_error", "time_limit_exceeded")
+    assert result["duration_ms"] < 6000
     assert wait_for_no_processes(token) == []
     assert_host_healthy(backend)
 
