@@ -80,6 +80,11 @@ class JobContext:
     events: EventWriter
     cancelled: threading.Event = field(default_factory=threading.Event)
     pump: EventPump | None = None
+    deferred: list[Callable[[], None]] = field(default_factory=list)
+
+    def defer(self, fn: Callable[[], None]) -> None:
+        """Run `fn` after the job's final state is announced (work the client needn't wait for)."""
+        self.deferred.append(fn)
 
     def emit(self, type_: str, data: dict[str, Any], *, progress_tokens: int | None = None) -> None:
         """Queue an event; it reaches Redis in order, without blocking the caller."""
@@ -268,6 +273,11 @@ def run_job(job_id: str, handler: Callable[[JobContext], dict[str, Any]]) -> Non
             _run_claimed(ctx, handler)
         finally:
             ctx.close()
+        for fn in ctx.deferred:
+            try:
+                fn()
+            except Exception:
+                log.exception("job %s: deferred work failed", job_id)
     finally:
         lease.release()
         client.delete(names.dispatch_marker_key(job_id))

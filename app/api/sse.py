@@ -12,8 +12,10 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import anyio
 import redis.asyncio as aioredis
-from sse_starlette.sse import EventSourceResponse
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from app.api.event_hub import RESYNC, EventHub, encode_sse
 from app.core.events import Event, read_events_after
@@ -92,14 +94,56 @@ def _encode_final(type_: str, data: dict[str, Any]) -> bytes:
     return f"event: {type_}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
+class EventStreamResponse(Response):
+    """An SSE response that writes each chunk straight to the server.
+
+    The relay already yields wire-ready bytes and sends its own heartbeats, so none of
+    sse-starlette's per-send machinery (a cancel scope and a lock per write) is needed;
+    with hundreds of clients on one event, per-write cost is the fan-out's limit.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(self, body: AsyncIterator[bytes], headers: dict[str, str]) -> None:
+        super().__init__(headers=headers)
+        # A stream has no length; Response would announce an empty body.
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+        self.body_iterator = body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+
+        async def stream(scope_: anyio.CancelScope) -> None:
+            async for chunk in self.body_iterator:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            scope_.cancel()
+
+        async def until_disconnect(scope_: anyio.CancelScope) -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            scope_.cancel()
+
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(stream, group.cancel_scope)
+                group.start_soon(until_disconnect, group.cancel_scope)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+
 def sse_response(
     body: AsyncIterator[bytes], *, headers: dict[str, str] | None = None
-) -> EventSourceResponse:
-    # Heartbeats are sent by the relay itself (it knows when it is idle), not sse-starlette.
-    return EventSourceResponse(
+) -> EventStreamResponse:
+    return EventStreamResponse(
         body,
-        headers={"X-Accel-Buffering": "no", "Cache-Control": "no-store", **(headers or {})},
-        ping=3600,
+        headers={
+            "X-Accel-Buffering": "no",
+            "Cache-Control": "no-store",
+            "Connection": "keep-alive",
+            **(headers or {}),
+        },
     )
 
 

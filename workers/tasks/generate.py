@@ -98,7 +98,7 @@ def run_generation(ctx: JobContext) -> dict[str, Any]:
         raise JobFailed("prompt_too_long", str(exc)) from exc
     code = extract_code(outcome.text, request["language"])
     generation_id = _store_generation(ctx, loaded.model_id, params.__dict__, outcome, code)
-    _index(generation_id)
+    ctx.defer(lambda: _index(generation_id))
     return {
         "generation_id": generation_id,
         "text": outcome.text,
@@ -143,14 +143,11 @@ def _store_generation(
 
 
 def _index(generation_id: str) -> None:
-    """Embed the new generation so the next search can find it. Best effort: the row is
-    in SQL, and any retriever replica catches up from there if this fails."""
+    """Embed the new generation so the next search can find it (after `done`: the client
+    does not wait for it). If it fails, any retriever replica catches up from SQL."""
     from workers.retrieval import service
 
-    try:
-        service.index_generation(generation_id)
-    except Exception:
-        log.exception("generation %s stored but not indexed yet", generation_id)
+    service.index_generation(generation_id)
 
 
 def _or(value: Any, default: Any) -> Any:

@@ -8,10 +8,9 @@ from typing import Any
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from sse_starlette.sse import EventSourceResponse
 
 from app.api.deps import AsyncRedisDep, HubDep, OwnerDep, RedisDep, SessionDep, get_settings
-from app.api.sse import parse_last_event_id, relay_events, sse_response
+from app.api.sse import EventStreamResponse, parse_last_event_id, relay_events, sse_response
 from app.core import jobs, names
 from app.core.db import session_scope
 from app.core.errors import Conflict
@@ -111,7 +110,11 @@ def cancel_job(
     return JSONResponse(read_job(session, client, job), status_code=202)
 
 
-@router.get("/{job_id}/events", response_class=EventSourceResponse)
+@router.get(
+    "/{job_id}/events",
+    response_class=EventStreamResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "the job's events"}},
+)
 async def job_events(
     job_id: str,
     owner: OwnerDep,
@@ -119,7 +122,7 @@ async def job_events(
     client: AsyncRedisDep,
     last_event_id_header: str | None = Header(default=None, alias="Last-Event-ID"),
     last_event_id: str | None = Query(default=None, max_length=20),
-) -> EventSourceResponse:
+) -> EventStreamResponse:
     await run_in_threadpool(_check_owner, job_id, owner)
     start = parse_last_event_id(last_event_id_header, last_event_id)
     return sse_response(follow(hub, client, job_id, start))
