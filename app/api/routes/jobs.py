@@ -112,7 +112,7 @@ def cancel_job(
 
 @router.get(
     "/{job_id}/events",
-    response_class=EventStreamResponse,
+    response_model=None,
     responses={200: {"content": {"text/event-stream": {}}, "description": "the job's events"}},
 )
 async def job_events(
