@@ -27,7 +27,7 @@ log = logging.getLogger("codeloop.api")
 
 
 class InsecureConfiguration(RuntimeError):
-    pass
+    """Serving beyond loopback with auth off."""
 
 
 @asynccontextmanager

@@ -28,7 +28,7 @@ LINGER_S = 0.004
 
 
 class EventPumpError(RuntimeError):
-    pass
+    """Events could not be written to Redis (or not in time)."""
 
 
 class EventPump:

@@ -8,7 +8,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class BodyTooLarge(Exception):
-    pass
+    """The streamed body passed the cap."""
 
 
 class BodySizeLimit:

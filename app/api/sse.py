@@ -120,8 +120,9 @@ class EventStreamResponse(Response):
             scope_.cancel()
 
         async def until_disconnect(scope_: anyio.CancelScope) -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
+            message = await receive()
+            while message["type"] != "http.disconnect":
+                message = await receive()
             scope_.cancel()
 
         try:

@@ -20,4 +20,4 @@ def insert_for(session: Session, model: Any) -> Any:
         return postgresql.insert(model)
     if dialect == "sqlite":
         return sqlite.insert(model)
-    raise NotImplementedError(f"no upsert for the {dialect} dialect")
+    raise ValueError(f"no upsert for the {dialect} dialect (SQLite and PostgreSQL only)")

@@ -213,7 +213,7 @@ def _room_for_completion(loaded: LoadedModel, prompt_tokens: int, wanted: int) -
 
 
 def _ignore(_: str) -> None:
-    pass
+    return None
 
 
 def _ms_since(started: float) -> float:

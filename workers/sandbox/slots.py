@@ -21,7 +21,7 @@ LOCK_ROOT = Path("/run/codeloop-sandbox")
 
 
 class NoFreeSlot(RuntimeError):
-    pass
+    """Every sandbox uid slot is in use (more concurrent runs than `sandbox_slots`)."""
 
 
 @dataclass(frozen=True)
