@@ -112,8 +112,8 @@ def _postgres_admin_url() -> str | None:
         return None
     try:
         engine = create_engine(url, connect_args={"connect_timeout": 3})
-        with engine.connect():
-            pass
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
         engine.dispose()
     except Exception:  # no server: PostgreSQL tests skip
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -131,11 +132,9 @@ class ApiServer(ServiceProcess):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._check_alive()
-            try:
+            with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
                     return self
-            except httpx.HTTPError:
-                pass
             time.sleep(0.1)
         raise AssertionError(f"API not ready: {self.log()}")
 

@@ -257,6 +257,35 @@ def _finish(ctx: JobContext, status: str, **values: Any) -> bool:
         )
 
 
+def job_task(
+    name: str,
+    handler: Callable[[JobContext], dict[str, Any]],
+    *,
+    soft_time_limit: float,
+    time_limit: float,
+) -> Any:
+    """Register `handler` as the Celery task `name` that runs one job.
+
+    Every job kind is safe to run again (a lease admits one delivery at a time, and
+    handlers have no side effects outside SQL rows they own), hence `acks_late` and
+    `reject_on_worker_lost`; results live in SQL, so Celery keeps none.
+    """
+    from workers.celery_app import celery_app
+
+    @celery_app.task(
+        name=name,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        ignore_result=True,
+        soft_time_limit=soft_time_limit,
+        time_limit=time_limit,
+    )
+    def task(job_id: str) -> None:
+        run_job(job_id, handler)
+
+    return task
+
+
 def run_job(job_id: str, handler: Callable[[JobContext], dict[str, Any]]) -> None:
     """Run `handler` for the job if this delivery wins the lease; record how it ended."""
     client = get_redis()

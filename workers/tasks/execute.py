@@ -1,7 +1,4 @@
-"""Execution and lint jobs (queue `execute`). Imports neither torch nor fastapi.
-
-Both are safe to run twice (the sandbox has no side effects), hence `acks_late`.
-"""
+"""Execution and lint jobs (queue `execute`). Imports neither torch nor fastapi."""
 
 from __future__ import annotations
 
@@ -11,34 +8,7 @@ from app.core import names
 from app.core.config import get_settings
 from app.core.db import session_scope
 from app.core.history import record_execution_status
-from workers.celery_app import celery_app
-from workers.jobrun import JobContext, run_job
-
-_settings = get_settings()
-
-
-@celery_app.task(
-    name=names.TASK_EXECUTE,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    ignore_result=True,
-    soft_time_limit=_settings.execute_soft_time_limit_s,
-    time_limit=_settings.execute_time_limit_s,
-)
-def execute(job_id: str) -> None:
-    run_job(job_id, run_execution)
-
-
-@celery_app.task(
-    name=names.TASK_LINT,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    ignore_result=True,
-    soft_time_limit=_settings.execute_soft_time_limit_s,
-    time_limit=_settings.execute_time_limit_s,
-)
-def lint(job_id: str) -> None:
-    run_job(job_id, run_lint)
+from workers.jobrun import JobContext, job_task
 
 
 def run_execution(ctx: JobContext) -> dict[str, Any]:
@@ -58,3 +28,12 @@ def run_lint(ctx: JobContext) -> dict[str, Any]:
     from workers.sandbox import service
 
     return service.lint(ctx.request)
+
+
+_settings = get_settings()
+_limits = {
+    "soft_time_limit": _settings.execute_soft_time_limit_s,
+    "time_limit": _settings.execute_time_limit_s,
+}
+execute = job_task(names.TASK_EXECUTE, run_execution, **_limits)
+lint = job_task(names.TASK_LINT, run_lint, **_limits)

@@ -16,8 +16,7 @@ from app.core import names
 from app.core.config import get_settings
 from app.core.db import session_scope
 from app.core.history import store_generation
-from workers.celery_app import celery_app
-from workers.jobrun import JobContext, JobFailed, run_job
+from workers.jobrun import JobContext, JobFailed, job_task
 
 if TYPE_CHECKING:
     from workers.llm import LoadedModel
@@ -49,18 +48,6 @@ def load_model_once() -> LoadedModel:
             "model %s ready on %s in %.1fs", model_id, _loaded.device, time.perf_counter() - started
         )
     return _loaded
-
-
-@celery_app.task(
-    name=names.TASK_GENERATE,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    ignore_result=True,
-    soft_time_limit=_settings.generate_soft_time_limit_s,
-    time_limit=_settings.generate_time_limit_s,
-)
-def generate(job_id: str) -> None:
-    run_job(job_id, run_generation)
 
 
 def run_generation(ctx: JobContext) -> dict[str, Any]:
@@ -162,3 +149,11 @@ def _ms_since(moment: datetime) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return max(0.0, (datetime.now(UTC) - moment).total_seconds() * 1000)
+
+
+generate = job_task(
+    names.TASK_GENERATE,
+    run_generation,
+    soft_time_limit=_settings.generate_soft_time_limit_s,
+    time_limit=_settings.generate_time_limit_s,
+)
