@@ -60,6 +60,11 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     dispatches: Mapped[int] = mapped_column(Integer, default=0)
     progress_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    # A job started by another job (the agent's execute/lint calls) names its parent.
+    parent_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
+    # Executions of a generation's code (POST /execute_code with generation_id, or the
+    # agent's verification) name it, so GET /generations/{id} lists them.
+    generation_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
     worker: Mapped[str | None] = mapped_column(String(200), default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
@@ -92,6 +97,12 @@ class CodeHistory(Base):
     feedback_count: Mapped[int] = mapped_column(Integer, default=0)
     usage_count: Mapped[int] = mapped_column(Integer, default=0)
     last_execution_status: Mapped[str | None] = mapped_column(String(32), default=None)
+    # What the agent did: the context items the model was shown, each verify-and-repair
+    # round, how verification ended, and whether the code came from the model or memory.
+    context: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    rounds: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    verification_status: Mapped[str | None] = mapped_column(String(16), default=None)
+    source: Mapped[str] = mapped_column(String(16), default="model")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -143,17 +154,19 @@ class FeedbackLog(Base):
 
 
 class FunctionCall(Base):
-    """Audit of every tool call the model made."""
+    """Audit of every tool call: the model's own (`origin="model"`) and the agent's
+    verification runs (`origin="agent"`). `result` holds a capped summary."""
 
     __tablename__ = "function_calls"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), default=None, index=True)
-    generation_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    generation_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
     call_id: Mapped[str] = mapped_column(String(64))
     name: Mapped[str] = mapped_column(String(64))
     arguments: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     ok: Mapped[bool] = mapped_column(Boolean, default=False)
+    origin: Mapped[str] = mapped_column(String(16), default="model")
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     duration_ms: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
