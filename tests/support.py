@@ -191,3 +191,12 @@ def humaneval_program(problem: dict[str, Any], solution: str) -> str:
         problem["prompt"] + solution + "\n\n" + problem["test"]
         + f"\n\ncheck({problem['entry_point']})\n"
     )  # fmt: skip
+
+
+def missing_tool(message: str) -> None:
+    """Skip for a tool this machine lacks; in CI (`CI` set) the same thing is a failure."""
+    import pytest
+
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (CI must have it: scripts/test installs it)")
+    pytest.skip(message)
