@@ -256,3 +256,30 @@ def platform(
         api.stop()
         for worker in workers:
             worker.stop()
+
+
+@dataclass
+class SecuredApi:
+    """A second API process on the shared platform's Redis, SQL and workers, with auth on."""
+
+    url: str
+    key: str
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.key}"}
+        return httpx.Client(base_url=self.url, timeout=60, headers=headers, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def secured_api(
+    platform: Platform, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SecuredApi]:
+    key = "cl_test_" + uuid.uuid4().hex
+    env = {**platform.env, "CODELOOP_AUTH": "on", "CODELOOP_API_KEYS": key,
+           "CODELOOP_EVENTS_TOKEN_SECRET": uuid.uuid4().hex}  # fmt: skip
+    api = ApiServer(env, free_port(), tmp_path_factory.mktemp("secured") / "api.log")
+    try:
+        api.wait_ready()
+        yield SecuredApi(api.url, key)
+    finally:
+        api.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+import threading
 import time
 from collections.abc import Iterator
 from typing import Annotated
@@ -9,7 +11,7 @@ from typing import Annotated
 import redis
 import redis.asyncio as aioredis
 from celery import Celery
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from sqlalchemy.orm import Session
 
 from app.api.event_hub import EventHub
@@ -17,6 +19,7 @@ from app.core.auth import active_key_count, env_key_owner, owner_of_key
 from app.core.config import Settings, get_settings
 from app.core.db import session_scope
 from app.core.errors import Unauthorized
+from app.core.events_token import MAX_TOKEN_CHARS, verify_events_token
 
 ANONYMOUS = "anonymous"
 
@@ -87,6 +90,40 @@ def get_owner(request: Request, session: SessionDep) -> str:
 
 
 OwnerDep = Annotated[str, Depends(get_owner)]
+
+
+_secret_lock = threading.Lock()
+
+
+def events_token_secret(request: Request) -> bytes:
+    """CODELOOP_EVENTS_TOKEN_SECRET, or a random one for this process (one API replica)."""
+    with _secret_lock:
+        secret: bytes | None = getattr(request.app.state, "events_token_secret", None)
+        if secret is None:
+            configured = get_settings().events_token_secret
+            secret = configured.encode() if configured else secrets.token_bytes(32)
+            request.app.state.events_token_secret = secret
+        return secret
+
+
+def get_events_owner(
+    request: Request,
+    session: SessionDep,
+    job_id: str,
+    token: str | None = Query(
+        default=None, max_length=MAX_TOKEN_CHARS, description="from POST /jobs/{id}/events-token"
+    ),
+) -> str:
+    """The caller of a job's events route: a Bearer key, or an events token for this job."""
+    if token is None:
+        return get_owner(request, session)
+    owner = verify_events_token(events_token_secret(request), job_id=job_id, token=token)
+    if owner is None:
+        raise Unauthorized("invalid or expired events token: ask POST /jobs/{id}/events-token")
+    return owner
+
+
+EventsOwnerDep = Annotated[str, Depends(get_events_owner)]
 
 
 def get_redis_sync(request: Request) -> redis.Redis:

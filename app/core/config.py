@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     max_task_chars: int = 20_000
     max_queued_jobs_per_owner: int = 200
     flower_basic_auth: str = ""
+    # Signs the short-lived tokens that let an EventSource follow one job's events
+    # (it cannot send Authorization). Empty: a random secret per API process.
+    events_token_secret: str = ""
+    events_token_ttl_s: int = 300
 
     # --- model ----------------------------------------------------------------------
     model_id: str = "auto"

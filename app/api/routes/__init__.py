@@ -3,6 +3,7 @@
 from fastapi import APIRouter
 
 from app.api.routes import (
+    events_token,
     execute,
     feedback,
     generate,
@@ -12,6 +13,7 @@ from app.api.routes import (
     knowledge,
     projects,
     search,
+    ui,
 )
 
 ROUTERS: list[APIRouter] = [
@@ -23,5 +25,7 @@ ROUTERS: list[APIRouter] = [
     history.router,
     projects.router,
     jobs.router,
+    events_token.router,
     health.router,
+    ui.router,
 ]

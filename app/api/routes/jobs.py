@@ -9,7 +9,15 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from app.api.deps import AsyncRedisDep, HubDep, OwnerDep, RedisDep, SessionDep, get_settings
+from app.api.deps import (
+    AsyncRedisDep,
+    EventsOwnerDep,
+    HubDep,
+    OwnerDep,
+    RedisDep,
+    SessionDep,
+    get_settings,
+)
 from app.api.sse import EventStreamResponse, parse_last_event_id, relay_events, sse_response
 from app.core import jobs, names
 from app.core.db import session_scope
@@ -117,7 +125,7 @@ def cancel_job(
 )
 async def job_events(
     job_id: str,
-    owner: OwnerDep,
+    owner: EventsOwnerDep,  # a Bearer key, or ?token= from POST /jobs/{id}/events-token
     hub: HubDep,
     client: AsyncRedisDep,
     last_event_id_header: str | None = Header(default=None, alias="Last-Event-ID"),
