@@ -55,7 +55,7 @@ def _init_process(**_kwargs: Any) -> None:
     if "generate" in queues:
         from workers.tasks import generate
 
-        generate.load_model_once()
+        generate.load_engine_once()
     if queues & {"generate", "search"}:  # both hold the embedder and an index replica
         from workers.tasks import search
 

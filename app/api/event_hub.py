@@ -5,9 +5,11 @@ the first local client and unsubscribes after the last. `subscribe` returns only
 Redis has confirmed the subscription: from then on nothing published can be missed, so
 the caller may replay the stream and then rely on the queue.
 
-Each event is parsed and SSE-encoded once, however many clients get it. If the pub/sub
-connection drops, or a slow client's queue overflows, the client is sent `RESYNC`
-and re-reads the stream from its last id, so it still gets every event exactly once.
+Each pub/sub message (one worker write: one or more events) is read once and its events
+SSE-encoded once, however many clients get them; a client's queue gets the message's
+events as one item (a `Batch`). If the pub/sub connection drops, or a slow client's
+queue overflows, the client is sent `RESYNC` and re-reads the stream from its last id,
+so it still gets every event exactly once.
 """
 
 from __future__ import annotations
@@ -20,22 +22,30 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from app.core import names
-from app.core.events import Event
+from app.core.events import WireEvent, split_message
 
 log = logging.getLogger(__name__)
 
 RESYNC = object()  # queue item: "you may have missed events; replay from the stream"
 QUEUE_LIMIT = 5_000
+# Queue item: consecutive events, each with its SSE wire form.
+Batch = list[tuple[WireEvent, bytes]]
 
 
-def encode_sse(event: Event) -> bytes:
-    """The SSE wire form of one event (`id`, `event`, `data`, blank line)."""
-    payload = json.dumps(event.data, separators=(",", ":"))
-    return f"id: {event.seq}\nevent: {event.type}\ndata: {payload}\n\n".encode()
+def encode_sse(event: WireEvent) -> bytes:
+    """The SSE wire form of one event (`id`, `event`, `data`, blank line); `data` is the
+    compact JSON the worker wrote, passed through."""
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, event.type.encode(), event.data_json)
+
+
+def encode_final(type_: str, data: dict[str, Any]) -> bytes:
+    """A job's final event rebuilt from SQL once its stream has expired (no id)."""
+    return f"event: {type_}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
 @dataclass(eq=False)
@@ -68,8 +78,11 @@ class Subscription:
         return item
 
     async def get(self, timeout: float | None = None) -> Any:
-        """Next `(Event, bytes)` or `RESYNC`; raises TimeoutError after `timeout`."""
-        item = await asyncio.wait_for(self.queue.get(), timeout)
+        """Next `Batch` or `RESYNC`; raises TimeoutError after `timeout`."""
+        # wait_for wraps the get in a task: skip it when there is no timeout.
+        item = await (
+            self.queue.get() if timeout is None else asyncio.wait_for(self.queue.get(), timeout)
+        )
         if item is RESYNC:
             self.overflowed = False
         return item
@@ -122,13 +135,16 @@ class EventHub:
                 )
             yield sub
         finally:
-            async with self._lock:
-                members = self._subs.get(channel, set())
-                members.discard(sub)
-                if not members:
-                    self._subs.pop(channel, None)
-                    with contextlib.suppress(RedisError, OSError):
-                        await self._pubsub.unsubscribe(channel)
+            # A disconnected client's response is being cancelled: finish the
+            # unsubscribe regardless, or a half-sent command would break the connection.
+            with anyio.CancelScope(shield=True):
+                async with self._lock:
+                    members = self._subs.get(channel, set())
+                    members.discard(sub)
+                    if not members:
+                        self._subs.pop(channel, None)
+                        with contextlib.suppress(RedisError, OSError):
+                            await self._pubsub.unsubscribe(channel)
 
     async def _read_forever(self) -> None:
         while True:
@@ -162,8 +178,7 @@ class EventHub:
         members = self._subs.get(channel)
         if not members:
             return
-        event = Event.from_wire(raw)
-        item = (event, encode_sse(event))
+        item: Batch = [(event, encode_sse(event)) for event in split_message(raw)]
         for sub in members:
             sub.offer(item)
 

@@ -4,9 +4,9 @@ cap is a 422 that says which cap, never a silent clamp.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
 from app.core.config import get_settings
 from app.core.errors import PayloadTooLarge
@@ -28,8 +28,29 @@ class GenerateRequest(_Strict):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     repetition_penalty: float | None = Field(default=None, ge=1.0, le=2.0)
-    use_tools: bool = True
-    stream: bool = False
+    seed: StrictInt | None = Field(default=None, ge=0, le=2**63 - 1)
+    stop: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        default=None, max_length=4, description="end the answer before any of these strings"
+    )
+    use_tools: StrictBool = Field(default=True, description="let the model call tools")
+    use_memory: StrictBool = Field(
+        default=True, description="put knowledge, past generations and project files in the prompt"
+    )
+    reuse: StrictBool = Field(
+        default=True, description="with tests: try verified solutions from memory first"
+    )
+    tests: str | None = Field(
+        default=None,
+        min_length=1,
+        description="code that exercises the answer (assertions run after it); enables "
+        "verify-and-repair",
+    )
+    max_repair_rounds: StrictInt | None = Field(
+        default=None, ge=0, le=5, description="repair rounds after failed tests (default 2)"
+    )
+    max_tool_calls: StrictInt | None = Field(default=None, ge=0, le=16)
+    context_budget_tokens: StrictInt | None = Field(default=None, ge=0, le=131_072)
+    stream: StrictBool = False
 
     @model_validator(mode="after")
     def _within_caps(self) -> GenerateRequest:
@@ -41,6 +62,8 @@ class GenerateRequest(_Strict):
             )
         if self.max_new_tokens is not None and self.max_new_tokens > settings.max_new_tokens_cap:
             raise ValueError(f"max_new_tokens must be at most {settings.max_new_tokens_cap}")
+        if self.tests is not None:
+            _check_size("tests", self.tests, settings.exec_max_code_bytes)
         return self
 
     def job_request(self) -> dict[str, Any]:

@@ -4,24 +4,116 @@ Order of operations is what makes it exact: subscribe live first (confirmed by R
 then replay the stream after the client's last id, then forward live events, dropping
 any id already sent. A gap in live ids (a lost pub/sub message) or a `RESYNC` from the
 hub sends us back to the stream. The stream closes after a terminal event.
+
+`follow_batches` yields the events themselves (the OpenAI surface reshapes them);
+`relay_events` yields their SSE bytes, several events per write: per-write overhead,
+not bytes, is what limits a fast stream. Either goes out through sse-starlette's
+`EventSourceResponse` (`sse_response`), which sends the heartbeats, applies the send
+timeout and stops the body when the client disconnects.
 """
 
 from __future__ import annotations
 
-import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
 import redis.asyncio as aioredis
-from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from fastapi.concurrency import run_in_threadpool
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import SendTimeoutError
+from starlette.types import Message, Send
 
-from app.api.event_hub import RESYNC, EventHub, encode_sse
-from app.core.events import Event, read_events_after
+from app.api.event_hub import RESYNC, Batch, EventHub, encode_final, encode_sse
+from app.core import names
+from app.core.config import get_settings
+from app.core.db import session_scope
+from app.core.events import WireEvent, encode_data, read_wire_events_after
+from app.core.models import Job
 
 # Returns the job's final event if the job is over but its stream has expired.
 FinalEventLookup = Callable[[], Awaitable[tuple[str, dict[str, Any]] | None]]
+
+
+def stored_final_event(job_id: str) -> FinalEventLookup:
+    """The job's final event rebuilt from its SQL row (None while it is not over)."""
+
+    def lookup() -> tuple[str, dict[str, Any]] | None:
+        with session_scope() as session:
+            job = session.get(Job, job_id)
+            if job is None or job.status not in names.TERMINAL:
+                return None
+            if job.status == names.SUCCEEDED:
+                return "done", job.result or {}
+            if job.status == names.FAILED:
+                return "error", job.error or {"type": "failed", "message": "job failed"}
+            return "status", {"status": job.status, "attempt": job.attempts}
+
+    async def final_event() -> tuple[str, dict[str, Any]] | None:
+        return await run_in_threadpool(lookup)
+
+    return final_event
+
+
+async def follow_batches(
+    hub: EventHub,
+    client: aioredis.Redis,
+    job_id: str,
+    last_event_id: int,
+    final_event: FinalEventLookup,
+) -> AsyncIterator[Batch]:
+    """Every event after `last_event_id` once, in order, in batches of what was waiting;
+    ends after the terminal event."""
+    sent = last_event_id
+    async with hub.subscribe(job_id) as sub:
+        replayed, finished = await _replay(client, job_id, sent)
+        if replayed:
+            sent = replayed[-1][0].seq
+            yield replayed
+        if finished:
+            return
+        if not replayed and sent == 0:
+            final = await final_event()
+            if final is not None:  # over, and its events have expired
+                type_, data = final
+                event = WireEvent(0, type_, encode_data(data).encode(), True)
+                yield [(event, encode_final(type_, data))]
+                return
+        while True:
+            item = await sub.get()
+            # Take everything already waiting: one batch, one write.
+            batch: Batch = []
+            resync = finished = False
+            while item is not None and not finished:
+                if item is RESYNC:
+                    resync = True
+                    break
+                for pair in item:
+                    seq = pair[0].seq
+                    if seq == sent + 1:
+                        sent = seq
+                        batch.append(pair)
+                        if pair[0].is_terminal:
+                            finished = True
+                            break
+                    elif seq > sent + 1:  # a live message went missing: replay
+                        resync = True
+                        break
+                if resync:
+                    break
+                item = None if finished else sub.get_nowait()
+            if batch:
+                yield batch
+            if finished:
+                return
+            if resync:
+                replayed, finished = await _replay(client, job_id, sent)
+                if replayed:
+                    sent = replayed[-1][0].seq
+                    yield replayed
+                if finished:
+                    return
 
 
 async def relay_events(
@@ -30,121 +122,71 @@ async def relay_events(
     job_id: str,
     last_event_id: int,
     final_event: FinalEventLookup,
-    *,
-    ping_s: float,
 ) -> AsyncIterator[bytes]:
-    sent = last_event_id
-    async with hub.subscribe(job_id) as sub:
-        replayed, finished = await _replay(client, job_id, sent)
-        if replayed:
-            sent = replayed[-1].seq
-            yield b"".join(encode_sse(e) for e in replayed)
-        if finished:
-            return
-        if not replayed and sent == 0:
-            final = await final_event()
-            if final is not None:  # over, and its events have expired
-                yield _encode_final(*final)
-                return
-        while True:
-            try:
-                item = await sub.get(timeout=ping_s)
-            except TimeoutError:
-                yield b": ping\n\n"
-                continue
-            # Send everything already waiting as one write: per-event overhead is what
-            # limits a fast stream, not bytes.
-            chunk: list[bytes] = []
-            resync = finished = False
-            while item is not None and not finished:
-                if item is RESYNC:
-                    resync = True
-                    break
-                event, encoded = item
-                if event.seq == sent + 1:
-                    sent = event.seq
-                    chunk.append(encoded)
-                    finished = event.is_terminal
-                elif event.seq > sent + 1:  # a live message went missing: replay
-                    resync = True
-                    break
-                item = None if finished else sub.get_nowait()
-            if chunk:
-                yield b"".join(chunk)
-            if finished:
-                return
-            if resync:
-                replayed, finished = await _replay(client, job_id, sent)
-                if replayed:
-                    sent = replayed[-1].seq
-                    yield b"".join(encode_sse(e) for e in replayed)
-                if finished:
-                    return
+    """The job's events as SSE bytes, one write per batch."""
+    async for batch in follow_batches(hub, client, job_id, last_event_id, final_event):
+        yield b"".join(sse for _event, sse in batch)
 
 
-async def _replay(client: aioredis.Redis, job_id: str, after: int) -> tuple[list[Event], bool]:
-    events = await read_events_after(client, job_id, after)
-    for i, event in enumerate(events):
+async def _replay(client: aioredis.Redis, job_id: str, after: int) -> tuple[Batch, bool]:
+    events = await read_wire_events_after(client, job_id, after)
+    batch: Batch = []
+    for event in events:
+        batch.append((event, encode_sse(event)))
         if event.is_terminal:
-            return events[: i + 1], True
-    return events, False
+            return batch, True
+    return batch, False
 
 
-def _encode_final(type_: str, data: dict[str, Any]) -> bytes:
-    return f"event: {type_}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+class WatchedEventSourceResponse(EventSourceResponse):
+    """sse-starlette's response with its send timeout kept by one watchdog per response.
 
-
-class EventStreamResponse(Response):
-    """An SSE response that writes each chunk straight to the server.
-
-    The relay already yields wire-ready bytes and sends its own heartbeats, so none of
-    sse-starlette's per-send machinery (a cancel scope and a lock per write) is needed;
-    with hundreds of clients on one event, per-write cost is the fan-out's limit.
+    sse-starlette bounds every write with its own cancel scope (`move_on_after`), which
+    costs ~13 us a write against ~2 us for the write itself: with hundreds of clients
+    on a live job that is most of the fan-out's CPU. Here a write only notes when it
+    started, and a watchdog (sse-starlette's `data_sender_callable` slot, run in the
+    response's task group) raises `SendTimeoutError` when one has been stuck longer
+    than `send_timeout`; that tears the response down as sse-starlette's own does.
     """
 
-    media_type = "text/event-stream"
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._send_started: float | None = None
+        if self.send_timeout is not None:
+            self.data_sender_callable = self._watch_sends
 
-    def __init__(self, body: AsyncIterator[bytes], headers: dict[str, str]) -> None:
-        super().__init__(headers=headers)
-        # A stream has no length; Response would announce an empty body.
-        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
-        self.body_iterator = body
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-
-        async def stream(scope_: anyio.CancelScope) -> None:
-            async for chunk in self.body_iterator:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            scope_.cancel()
-
-        async def until_disconnect(scope_: anyio.CancelScope) -> None:
-            message = await receive()
-            while message["type"] != "http.disconnect":
-                message = await receive()
-            scope_.cancel()
-
+    async def _send_with_timeout(self, send: Send, message: Message) -> None:
+        self._send_started = time.monotonic()
         try:
-            async with anyio.create_task_group() as group:
-                group.start_soon(stream, group.cancel_scope)
-                group.start_soon(until_disconnect, group.cancel_scope)
+            await send(message)
         finally:
-            with anyio.CancelScope(shield=True):
-                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+            self._send_started = None
+
+    async def _watch_sends(self) -> None:
+        assert self.send_timeout is not None
+        while True:
+            await anyio.sleep(self.send_timeout / 4)
+            started = self._send_started
+            if started is not None and time.monotonic() - started > self.send_timeout:
+                raise SendTimeoutError()
+
+
+def _ping() -> ServerSentEvent:
+    return ServerSentEvent(comment="ping", sep="\n")
 
 
 def sse_response(
     body: AsyncIterator[bytes], *, headers: dict[str, str] | None = None
-) -> EventStreamResponse:
-    return EventStreamResponse(
+) -> EventSourceResponse:
+    """An SSE response for wire-ready bytes (sse-starlette passes bytes through as is)."""
+    settings = get_settings()
+    return WatchedEventSourceResponse(
         body,
-        headers={
-            "X-Accel-Buffering": "no",
-            "Cache-Control": "no-store",
-            "Connection": "keep-alive",
-            **(headers or {}),
-        },
+        headers=headers,
+        ping=settings.sse_ping_s,
+        ping_message_factory=_ping,
+        sep="\n",
+        send_timeout=settings.sse_send_timeout_s,
     )
 
 

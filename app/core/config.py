@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     stream_maxlen: int = 20_000
     reconcile_interval_s: float = 15.0
     sse_ping_s: float = 15.0
+    sse_send_timeout_s: float = 30.0  # a client that takes no bytes this long is dropped
 
     # --- sandbox --------------------------------------------------------------------
     executor_backend: Literal["auto", "process", "docker"] = "auto"

@@ -5,6 +5,11 @@ appends the event to the job's Redis Stream under the explicit entry id `<seq>-0
 publishes the same payload on the job's pub/sub channel, in one Lua call, so the
 stream and the channel can never disagree on order or numbering. Readers replay the
 stream after a `Last-Event-ID` and drop live duplicates by `seq`.
+
+Per-event cost is what limits a fast stream, so the wire form is built for relaying:
+`data` is compact JSON written once by the worker and passed through to SSE as is
+(`WireEvent` reads only the header), and one call's events go out as ONE pub/sub
+message (payloads joined by newlines, which JSON text never contains).
 """
 
 from __future__ import annotations
@@ -42,16 +47,64 @@ class Event:
         return json.dumps({"seq": self.seq, "type": self.type, "data": self.data})
 
 
+def encode_data(data: dict[str, Any]) -> str:
+    """The one JSON encoding of event data: compact, as it goes out in SSE `data:` lines."""
+    return json.dumps(data, separators=(",", ":"))
+
+
+_TYPE_AT = b',"type":"'
+_DATA_AT = b'","data":'
+
+
+@dataclass(frozen=True, slots=True)
+class WireEvent:
+    """A stored event with its header read and `data` left as the JSON text it was
+    written as: relaying a token never parses or re-encodes its data."""
+
+    seq: int
+    type: str
+    data_json: bytes
+    is_terminal: bool
+
+    @classmethod
+    def parse(cls, raw: bytes) -> WireEvent:
+        """One payload as `_APPEND_LUA` builds it: `{"seq":N,"type":"T","data":D}`."""
+        type_at = raw.index(_TYPE_AT, 7)
+        data_at = raw.index(_DATA_AT, type_at)
+        type_ = raw[type_at + 9 : data_at].decode()
+        data_json = raw[data_at + 9 : -1]
+        terminal = type_ in ("done", "error") or (
+            type_ == "status" and json.loads(data_json).get("status") in names.TERMINAL
+        )
+        return cls(int(raw[7:type_at]), type_, data_json, terminal)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.data_json)
+        return data
+
+
+def split_message(raw: bytes) -> list[WireEvent]:
+    """The events of one pub/sub message (one `emit_many` call), in order."""
+    return [WireEvent.parse(payload) for payload in raw.split(b"\n")]
+
+
 # KEYS: seq, stream, progress
 # ARGV: maxlen, ttl, channel, progress-or-"", then (type, data-json) pairs
+# One XADD per event (replay is by id), one PUBLISH per call (live delivery pays per
+# message, not per event).
 _APPEND_LUA = """
 local seqs = {}
+local payloads = {}
 for i = 5, #ARGV, 2 do
   local seq = redis.call('INCR', KEYS[1])
   local payload = '{"seq":' .. seq .. ',"type":"' .. ARGV[i] .. '","data":' .. ARGV[i + 1] .. '}'
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], seq .. '-0', 'e', payload)
-  redis.call('PUBLISH', ARGV[3], payload)
+  payloads[#payloads + 1] = payload
   seqs[#seqs + 1] = seq
+end
+if #payloads > 0 then
+  redis.call('PUBLISH', ARGV[3], table.concat(payloads, '\\n'))
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
@@ -90,7 +143,7 @@ class EventWriter:
         for type_, data in events:
             if type_ not in EVENT_TYPES:
                 raise ValueError(f"unknown event type {type_!r}")
-            args += [type_, json.dumps(data)]
+            args += [type_, encode_data(data)]
         return [int(seq) for seq in self._script(keys=self._keys, args=args)]
 
 
@@ -98,6 +151,14 @@ async def read_events_after(client: aioredis.Redis, job_id: str, after_seq: int)
     """Every stored event with seq > after_seq, in order (replay)."""
     entries = await client.xrange(names.events_stream_key(job_id), min=f"({after_seq}-0")
     return _parse_entries(entries)
+
+
+async def read_wire_events_after(
+    client: aioredis.Redis, job_id: str, after_seq: int
+) -> list[WireEvent]:
+    """`read_events_after` for relaying: data stays JSON text."""
+    entries: Any = await client.xrange(names.events_stream_key(job_id), min=f"({after_seq}-0")
+    return [WireEvent.parse(fields[b"e"]) for _id, fields in entries or ()]
 
 
 def read_events_after_sync(client: redis.Redis, job_id: str, after_seq: int) -> list[Event]:

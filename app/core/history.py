@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from app.core.config import get_settings
 from app.core.errors import NotFound
 from app.core.fields import check_language, check_limit, iso_utc
-from app.core.models import CodeHistory, KnowledgeItem
+from app.core.models import CodeHistory, FeedbackLog, FunctionCall, Job, KnowledgeItem, new_id
 
 
 def store_generation(
@@ -34,9 +34,25 @@ def store_generation(
     finish_reason: str | None = None,
     prompt_tokens: int = 0,
     completion_tokens: int = 0,
+    generation_id: str | None = None,
+    context: list[dict[str, Any]] | None = None,
+    rounds: list[dict[str, Any]] | None = None,
+    verification_status: str | None = None,
+    last_execution_status: str | None = None,
+    source: str = "model",
 ) -> CodeHistory:
-    """Write a `code_history` row and flush it (its `id` is set); the caller commits."""
+    """Write a `code_history` row and flush it (its `id` is set); the caller commits.
+
+    `generation_id` lets the agent name the row before it exists (its tool calls and
+    verification runs point at it while the generation is still running).
+    """
     row = CodeHistory(
+        id=generation_id or new_id(),
+        context=list(context or []),
+        rounds=list(rounds or []),
+        verification_status=verification_status,
+        last_execution_status=last_execution_status,
+        source=source,
         job_id=job_id,
         owner=owner,
         project_id=project_id,
@@ -130,4 +146,65 @@ def generation_to_json(row: CodeHistory) -> dict[str, Any]:
         "usage_count": row.usage_count,
         "last_execution_status": row.last_execution_status,
         "created_at": iso_utc(row.created_at),
+    }
+
+
+def generation_detail(*, session: Session, generation_id: str, owner: str) -> dict[str, Any]:
+    """Everything stored about one generation: what it was shown, what it called, how
+    its code ran, what users thought. Another key's generation is a 404, like its job."""
+    row = session.get(CodeHistory, generation_id)
+    if row is None or row.owner != owner:
+        raise NotFound(f"generation {generation_id!r} not found", detail={"id": generation_id})
+    calls = session.scalars(
+        select(FunctionCall)
+        .where(FunctionCall.generation_id == generation_id)
+        .order_by(FunctionCall.id)
+    )
+    executions = session.scalars(
+        select(Job)
+        .where(Job.generation_id == generation_id, Job.kind == "execute")
+        .order_by(Job.created_at, Job.id)
+    )
+    ratings = session.scalars(
+        select(FeedbackLog)
+        .where(FeedbackLog.generation_id == generation_id)
+        .order_by(FeedbackLog.id)
+    )
+    return {
+        **generation_to_json(row),
+        "params": row.params,
+        "source": row.source,
+        "verification_status": row.verification_status,
+        "context": row.context,
+        "rounds": row.rounds,
+        "tool_calls": [
+            {
+                "call_id": call.call_id,
+                "name": call.name,
+                "arguments": call.arguments,
+                "ok": call.ok,
+                "origin": call.origin,
+                "duration_ms": round(call.duration_ms, 1),
+                "result": call.result,
+            }
+            for call in calls
+        ],
+        "executions": [
+            {
+                "job_id": job.id,
+                "status": job.status,
+                "parent_id": job.parent_id,
+                "result_status": (job.result or {}).get("status"),
+                "created_at": iso_utc(job.created_at),
+            }
+            for job in executions
+        ],
+        "feedback": {
+            "score": row.feedback_score,
+            "count": row.feedback_count,
+            "ratings": [
+                {"score": r.score, "comment": r.comment, "created_at": iso_utc(r.created_at)}
+                for r in ratings
+            ],
+        },
     }

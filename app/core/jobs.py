@@ -65,8 +65,13 @@ def create_job(
     owner: str,
     request: dict[str, Any],
     idempotency_key: str | None = None,
+    parent_id: str | None = None,
 ) -> tuple[Job, bool]:
-    """Insert a queued job; with an idempotency key, return (existing, False) on repeat."""
+    """Insert a queued job; with an idempotency key, return (existing, False) on repeat.
+
+    `parent_id` names the job that started this one (the agent's tool calls). An
+    execution that names a `generation_id` is linked to that generation.
+    """
     _task, queue = names.JOB_ROUTES[kind]
     if idempotency_key is not None:
         existing = session.scalar(
@@ -74,7 +79,16 @@ def create_job(
         )
         if existing is not None:
             return existing, False
-    job = Job(kind=kind, queue=queue, owner=owner, request=request, idempotency_key=idempotency_key)
+    generation_id = request.get("generation_id") if kind == "execute" else None
+    job = Job(
+        kind=kind,
+        queue=queue,
+        owner=owner,
+        request=request,
+        idempotency_key=idempotency_key,
+        parent_id=parent_id,
+        generation_id=generation_id if isinstance(generation_id, str) else None,
+    )
     session.add(job)
     try:
         session.commit()

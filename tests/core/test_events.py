@@ -7,7 +7,14 @@ import asyncio
 import redis.asyncio as aioredis
 
 from app.core import names
-from app.core.events import Event, EventWriter, read_events_after, read_events_after_sync
+from app.core.events import (
+    Event,
+    EventWriter,
+    WireEvent,
+    read_events_after,
+    read_events_after_sync,
+    split_message,
+)
 
 
 def test_events_are_numbered_stored_and_published_together(redis_client):
@@ -57,3 +64,24 @@ def test_status_terminal_detection():
     assert Event(1, "status", {"status": "cancelled"}).is_terminal
     assert not Event(1, "status", {"status": "retrying"}).is_terminal
     assert Event(1, "error", {"type": "x", "message": "y"}).is_terminal
+
+
+def test_one_write_is_one_message_whose_events_relay_without_reencoding(redis_client):
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(names.events_channel("j4"))
+    assert pubsub.get_message(timeout=1)["type"] == "subscribe"
+    writer = EventWriter(redis_client, "j4", maxlen=1000, ttl_s=60)
+    batch = [("status", {"status": "running", "attempt": 1})]
+    batch += [("token", {"index": i, "text": f'line {i}\n"é"'}) for i in range(3)]
+    batch += [("done", {"text": "x"})]
+    assert writer.emit_many(batch) == [1, 2, 3, 4, 5]
+    message = pubsub.get_message(timeout=1)
+    assert pubsub.get_message(timeout=0.2) is None, "one PUBLISH per write"
+    live = split_message(message["data"])
+    stored = read_events_after_sync(redis_client, "j4", 0)
+    assert [(e.seq, e.type, e.data) for e in live] == [(e.seq, e.type, e.data) for e in stored]
+    assert [e.is_terminal for e in live] == [False, False, False, False, True]
+    # data stays the compact JSON the worker wrote: SSE passes it through as is
+    assert live[1].data_json == b'{"index":0,"text":"line 0\\n\\"\\u00e9\\""}'
+    assert WireEvent.parse(b'{"seq":7,"type":"status","data":{"status":"cancelled"}}').is_terminal
+    pubsub.close()

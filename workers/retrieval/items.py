@@ -24,6 +24,8 @@ class ItemDetails:
     feedback_count: int
     usage_count: int
     project_id: str | None = None
+    last_execution_status: str | None = None  # generations: how their code last ran
+    verification_status: str | None = None  # generations: passed|failed|not_run
 
 
 def load_details(
@@ -49,6 +51,8 @@ def load_details(
                 row.feedback_count,
                 row.usage_count,
                 row.project_id,
+                row.last_execution_status,
+                row.verification_status,
             )
     if wanted[KNOWLEDGE]:
         for item in session.scalars(

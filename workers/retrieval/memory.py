@@ -1,9 +1,12 @@
 """CodeMemory: the context a model is shown for a task, within a token budget.
 
 Three sources, interleaved by rank so none starves the others: the project's own files
-(most relevant first), curated knowledge snippets, and similar past generations that
-users did not rate badly. Every knowledge snippet and generation that makes it into the
-window has its usage count raised (`record_usage=True`), which feeds back into ranking.
+(most relevant first, and any file the task names by path), curated knowledge
+snippets, and similar past generations, leaving out generations rated below 0.5 and
+those whose code last failed to run. Near-duplicates (the same code under another
+title, or nearly so) are shown once. Every knowledge snippet and generation that
+makes it into the window has its usage count raised (`record_usage=True`), which
+feeds back into ranking.
 
 Project files are not in the vector index (they change too often); each is embedded on
 demand and cached by content hash, so an unchanged file is embedded once per process.
@@ -25,12 +28,14 @@ from sqlalchemy import select
 from app.core.history import record_usage
 from app.core.models import ProjectFile
 from workers.retrieval.embedding_store import GENERATION, KNOWLEDGE
+from workers.retrieval.ranking import EXEC_FAILED
 from workers.retrieval.retriever import FeedbackAwareRetriever, SearchHit
 
 DEFAULT_TOKEN_BUDGET = 1500
 MIN_KNOWLEDGE_SIMILARITY = 0.3
 MIN_GENERATION_SIMILARITY = 0.35
-DISLIKED_BELOW = 0.4  # generations rated below this (by anyone) are never shown
+DISLIKED_BELOW = 0.5  # generations rated below this (by anyone) are never shown
+NEAR_DUPLICATE = 0.9  # token-set overlap (Jaccard) above which two items are the same
 MIN_TRUNCATED_TOKENS = 64  # a project file cut shorter than this is not worth including
 MAX_PROJECT_FILES = 200
 FILE_HEAD_CHARS = 2000  # what a project file is embedded as: path + its head
@@ -57,6 +62,18 @@ class ContextItem:
 
     def render(self) -> str:
         return f"### {self.title}\n{self.text}"
+
+    def to_result(self) -> dict[str, Any]:
+        """How a generation's result names what it was shown (SPEC `result.context`)."""
+        source = "history" if self.section == GENERATION else self.section
+        label = "path" if self.section == "project_file" else "title"
+        return {
+            "source": source,
+            "id": self.ref,
+            label: self.ref if self.section == "project_file" else self.title,
+            "score": round(self.score, 4),
+            "tokens": self.tokens,
+        }
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -126,13 +143,18 @@ class CodeMemory:
         token_budget: int = DEFAULT_TOKEN_BUDGET,
         owner: str | None = None,
         record_usage: bool = True,
+        query: np.ndarray | None = None,
     ) -> ContextWindow:
         """The best context for `task` that fits in `token_budget` tokens.
 
-        `owner` limits project files to that API key's (None: any owner).
+        `owner` limits project files to that API key's (None: any owner); `query` is
+        the task's embedding when the caller already has it.
         """
         window = ContextWindow(task, language, token_budget)
-        query = self.retriever.embedder.encode_one(task)
+        if token_budget <= 0:
+            return window
+        if query is None:
+            query = self.retriever.embedder.encode_one(task)
         knowledge = [
             self._from_hit(hit)
             for hit in self.retriever.search_vector(
@@ -145,7 +167,10 @@ class CodeMemory:
             for hit in self.retriever.search_vector(
                 query, language=language, k=6, item_types=[GENERATION]
             )
-            if hit.similarity >= MIN_GENERATION_SIMILARITY and not _disliked(hit)
+            if hit.similarity >= MIN_GENERATION_SIMILARITY
+            and not _disliked(hit)
+            and hit.details.last_execution_status not in EXEC_FAILED
+            and hit.details.body.strip()
         ]
         files = self._project_files(task, query, project_id, owner) if project_id else []
         self._fill(window, [files, knowledge, generations])
@@ -178,7 +203,7 @@ class CodeMemory:
         for row, vector in zip(files, vectors, strict=True):
             score = float(vector @ query)
             name = PurePosixPath(row.path).name.lower()
-            if name and name in lowered:
+            if row.path.lower() in lowered or (name and name in lowered):
                 score += NAME_BONUS
             items.append(ContextItem("project_file", row.path, row.path, row.content, score, 0))
         return sorted(items, key=lambda i: (-i.score, i.ref))
@@ -205,14 +230,19 @@ class CodeMemory:
         """Round-robin over the sources by rank, adding whatever still fits."""
         left = window.budget
         queues = [list(source) for source in sources]
+        placed_words: list[frozenset[str]] = []
         while left > 0 and any(queues):
             for queue in queues:
                 if not queue or left <= 0:
                     continue
                 item = queue.pop(0)
+                words = frozenset(item.text.split())
+                if any(_overlap(words, seen) >= NEAR_DUPLICATE for seen in placed_words):
+                    continue
                 placed = self._fit(item, left)
                 if placed is not None:
                     window.items.append(placed)
+                    placed_words.append(words)
                     left -= placed.tokens
 
     def _fit(self, item: ContextItem, left: int) -> ContextItem | None:
@@ -241,6 +271,12 @@ class CodeMemory:
                 generation_ids=[i.ref for i in used if i.section == GENERATION],
                 knowledge_ids=[i.ref for i in used if i.section == KNOWLEDGE],
             )
+
+
+def _overlap(a: frozenset[str], b: frozenset[str]) -> float:
+    if not a and not b:
+        return 1.0
+    return len(a & b) / len(a | b)
 
 
 def _disliked(hit: SearchHit) -> bool:

@@ -63,7 +63,7 @@ class SearchHit:
     title: str | None
     snippet: str
     similarity: float
-    feedback_score: float  # the mean rating, or the neutral prior when unrated
+    feedback_score: float  # the mean rating (neutral prior when unrated), execution folded in
     feedback_count: int
     usage_count: int
     combined: float
@@ -431,11 +431,22 @@ class FeedbackAwareRetriever:
             title=item.title,
             snippet=item.body[:SNIPPET_CHARS],
             similarity=similarity,
-            feedback_score=effective_feedback(item.feedback_score, item.feedback_count, neutral),
+            feedback_score=effective_feedback(
+                item.feedback_score,
+                item.feedback_count,
+                neutral,
+                item.last_execution_status,
+                self.weights.exec_weight,
+            ),
             feedback_count=item.feedback_count,
             usage_count=item.usage_count,
             combined=combined_score(
-                similarity, item.feedback_score, item.feedback_count, item.usage_count, self.weights
+                similarity,
+                item.feedback_score,
+                item.feedback_count,
+                item.usage_count,
+                self.weights,
+                item.last_execution_status,
             ),
             details=item,
         )

@@ -1,29 +1,47 @@
-"""Generation jobs (queue `generate`): the model streams tokens as job events.
+"""Generation jobs (queue `generate`): the agent runs each one on this process's engine.
 
 The model is loaded once per worker process (`load_model_once`, called from
 `worker_process_init`), never per task. torch and transformers are imported lazily so
 that other workers, which import this module to know the task name, never load them.
+What a generation does, step by step, is `workers.agent.orchestrator`'s business.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from app.core import names
 from app.core.config import get_settings
-from app.core.db import session_scope
-from app.core.history import store_generation
 from workers.jobrun import JobContext, JobFailed, job_task
 
 if TYPE_CHECKING:
+    from workers.agent.engine import Engine
     from workers.llm import LoadedModel
 
 log = logging.getLogger(__name__)
 _settings = get_settings()
 _loaded: LoadedModel | None = None
+_engine: Engine | None = None
+
+SCRIPTED_PREFIX = "scripted:"
+
+
+def load_engine_once() -> Engine:
+    """The process's engine: the configured model, or a script (`scripted:/path.json`)."""
+    global _engine
+    if _engine is None:
+        settings = get_settings()
+        if settings.model_id.startswith(SCRIPTED_PREFIX):
+            from workers.agent.scripted import ScriptedEngine
+
+            _engine = ScriptedEngine.from_file(settings.model_id.removeprefix(SCRIPTED_PREFIX))
+        else:
+            from workers.agent.engine import TransformersEngine
+
+            _engine = TransformersEngine(load_model_once())
+    return _engine
 
 
 def load_model_once() -> LoadedModel:
@@ -51,82 +69,16 @@ def load_model_once() -> LoadedModel:
 
 
 def run_generation(ctx: JobContext) -> dict[str, Any]:
-    from workers.llm import (
-        PromptTooLongError,
-        SamplingParams,
-        code_messages,
-        extract_code,
-        generate_stream,
-    )
-
-    settings = get_settings()
-    request = ctx.request
-    queue_ms = _ms_since(ctx.queued_at)
-    loaded = load_model_once()
-    params = SamplingParams(
-        max_new_tokens=request.get("max_new_tokens") or settings.max_new_tokens,
-        temperature=_or(request.get("temperature"), settings.temperature),
-        top_p=_or(request.get("top_p"), settings.top_p),
-        repetition_penalty=_or(request.get("repetition_penalty"), settings.repetition_penalty),
-    )
-    messages = code_messages(request["task"], request["language"], None)
-    sent = 0
-
-    def on_text(text: str) -> None:
-        nonlocal sent
-        ctx.emit("token", {"index": sent, "text": text}, progress_tokens=sent + 1)
-        sent += 1
+    from workers.agent.orchestrator import run_generation as run_agent
+    from workers.llm import PromptTooLongError
 
     try:
-        outcome = generate_stream(
-            loaded, messages, params, on_text=on_text, should_stop=ctx.cancelled.is_set
-        )
+        result = run_agent(ctx, load_engine_once())
     except PromptTooLongError as exc:
         raise JobFailed("prompt_too_long", str(exc)) from exc
-    code = extract_code(outcome.text, request["language"])
-    generation_id = _store_generation(ctx, loaded.model_id, params.__dict__, outcome, code)
+    generation_id = result["generation_id"]
     ctx.defer(lambda: _index(generation_id))
-    return {
-        "generation_id": generation_id,
-        "text": outcome.text,
-        "code": code,
-        "language": request["language"],
-        "model": loaded.model_id,
-        "finish_reason": outcome.finish_reason,
-        "usage": {
-            "prompt_tokens": outcome.prompt_tokens,
-            "completion_tokens": outcome.completion_tokens,
-        },
-        "timings": {
-            "queue_ms": round(queue_ms, 1),
-            "first_token_ms": _round(outcome.first_token_ms),
-            "total_ms": round(outcome.total_ms, 1),
-        },
-        "tool_calls": [],
-    }
-
-
-def _store_generation(
-    ctx: JobContext, model_id: str, params: dict[str, Any], outcome: Any, code: str
-) -> str:
-    request = ctx.request
-    with session_scope() as session:
-        row = store_generation(
-            session=session,
-            job_id=ctx.job_id,
-            owner=ctx.owner,
-            project_id=request.get("project_id"),
-            task=request["task"],
-            language=request["language"],
-            text=outcome.text,
-            code=code,
-            model=model_id,
-            params=params,
-            finish_reason=outcome.finish_reason,
-            prompt_tokens=outcome.prompt_tokens,
-            completion_tokens=outcome.completion_tokens,
-        )
-        return row.id
+    return result
 
 
 def _index(generation_id: str) -> None:
@@ -135,20 +87,6 @@ def _index(generation_id: str) -> None:
     from workers.retrieval import service
 
     service.index_generation(generation_id)
-
-
-def _or(value: Any, default: Any) -> Any:
-    return default if value is None else value
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
-
-
-def _ms_since(moment: datetime) -> float:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return max(0.0, (datetime.now(UTC) - moment).total_seconds() * 1000)
 
 
 generate = job_task(

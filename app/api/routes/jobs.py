@@ -8,7 +8,9 @@ from typing import Any
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse
 
+from app.api.cancel import cancel_job as request_cancel
 from app.api.deps import (
     AsyncRedisDep,
     EventsOwnerDep,
@@ -16,14 +18,11 @@ from app.api.deps import (
     OwnerDep,
     RedisDep,
     SessionDep,
-    get_settings,
 )
-from app.api.sse import EventStreamResponse, parse_last_event_id, relay_events, sse_response
+from app.api.sse import parse_last_event_id, relay_events, sse_response, stored_final_event
 from app.core import jobs, names
 from app.core.db import session_scope
-from app.core.errors import Conflict
-from app.core.events import EventWriter
-from app.core.models import Job, utcnow
+from app.core.models import Job
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 WAIT_CAP_S = 30.0
@@ -83,7 +82,7 @@ async def get_job(
                 item = await sub.get(timeout=remaining)
             except TimeoutError:
                 break
-            if isinstance(item, tuple) and not item[0].is_terminal:
+            if isinstance(item, list) and not any(event.is_terminal for event, _ in item):
                 continue
             body = await run_in_threadpool(load)
     return body
@@ -93,28 +92,7 @@ async def get_job(
 def cancel_job(
     job_id: str, session: SessionDep, owner: OwnerDep, client: RedisDep, request: Request
 ) -> JSONResponse:
-    settings = get_settings()
-    job = jobs.get_owned_job(session, job_id, owner)
-    if jobs.transition(
-        session,
-        job_id,
-        from_statuses=(names.QUEUED, names.RETRYING),
-        status=names.CANCELLED,
-        finished_at=utcnow(),
-    ):
-        request.app.state.celery.control.revoke(job_id)
-        writer = EventWriter(
-            client, job_id, maxlen=settings.stream_maxlen, ttl_s=settings.stream_ttl_s
-        )
-        writer.emit("status", {"status": names.CANCELLED, "attempt": job.attempts})
-    else:
-        session.refresh(job)
-        if job.status in names.TERMINAL:
-            raise Conflict(f"job {job_id} is already {job.status}", detail={"status": job.status})
-        # Running: the worker sees the flag (or the message) within one token and stops.
-        client.set(names.cancel_flag_key(job_id), "1", ex=settings.result_ttl_s)
-        client.publish(names.cancel_channel(job_id), "cancel")
-    session.refresh(job)
+    job = request_cancel(session, request.app.state.celery, client, job_id, owner)
     return JSONResponse(read_job(session, client, job), status_code=202)
 
 
@@ -130,7 +108,7 @@ async def job_events(
     client: AsyncRedisDep,
     last_event_id_header: str | None = Header(default=None, alias="Last-Event-ID"),
     last_event_id: str | None = Query(default=None, max_length=20),
-) -> EventStreamResponse:
+) -> EventSourceResponse:
     await run_in_threadpool(_check_owner, job_id, owner)
     start = parse_last_event_id(last_event_id_header, last_event_id)
     return sse_response(follow(hub, client, job_id, start))
@@ -142,18 +120,4 @@ def _check_owner(job_id: str, owner: str) -> None:
 
 
 def follow(hub: Any, client: Any, job_id: str, start: int) -> Any:
-    async def final_event() -> tuple[str, dict[str, Any]] | None:
-        def lookup() -> tuple[str, dict[str, Any]] | None:
-            with session_scope() as session:
-                job = session.get(Job, job_id)
-                if job is None or job.status not in names.TERMINAL:
-                    return None
-                if job.status == names.SUCCEEDED:
-                    return "done", job.result or {}
-                if job.status == names.FAILED:
-                    return "error", job.error or {"type": "failed", "message": "job failed"}
-                return "status", {"status": job.status, "attempt": job.attempts}
-
-        return await run_in_threadpool(lookup)
-
-    return relay_events(hub, client, job_id, start, final_event, ping_s=get_settings().sse_ping_s)
+    return relay_events(hub, client, job_id, start, stored_final_event(job_id))

@@ -9,6 +9,7 @@ from tests.workers.retrieval.helpers import add_generation, add_knowledge
 from workers.retrieval.memory import CodeMemory, approx_tokens
 
 UTILS = "def slugify(text):\n    return '-'.join(text.lower().split())\n"
+LIKED = "import re\n\ndef slugify(title):\n    return re.sub(r'\\W+', '-', title.strip().lower())\n"
 
 
 def _setup(sessions):
@@ -16,7 +17,7 @@ def _setup(sessions):
         sessions, "python", "Slugify a title", "import re\nre.sub(r'[^a-z0-9]+', '-', s.lower())"
     )
     add_knowledge(sessions, "javascript", "Slugify in JS", "s.toLowerCase().split(' ').join('-')")
-    liked = add_generation(sessions, "slugify a blog post title", UTILS)
+    liked = add_generation(sessions, "slugify a blog post title", LIKED)
     disliked = add_generation(sessions, "slugify a title for urls", "def slugify(t): return t")
     with sessions.begin() as session:
         record_feedback(session=session, generation_id=liked, score=0.9)
@@ -77,3 +78,21 @@ def test_context_window_without_project_or_matches_is_empty(sessions, make_retri
     memory = CodeMemory(make_retriever())
     window = memory.context_window("sort a list", "python", None)
     assert window.items == [] and window.render() == ""
+
+
+def test_near_duplicates_are_shown_once(sessions, make_retriever):
+    first = add_generation(sessions, "slugify a blog post title", UTILS)
+    again = add_generation(sessions, "make a url slug from a title", UTILS + "\n")
+    memory = CodeMemory(make_retriever())
+    window = memory.context_window("slugify a title", "python", None, record_usage=False)
+    shown = [i.ref for i in window.section("generation")]
+    assert len(shown) == 1 and shown[0] in (first, again)
+
+
+def test_generations_whose_code_failed_are_not_shown(sessions, make_retriever):
+    failed = add_generation(sessions, "slugify a blog post title", UTILS)
+    with sessions.begin() as session:
+        session.get(CodeHistory, failed).last_execution_status = "runtime_error"
+    memory = CodeMemory(make_retriever())
+    window = memory.context_window("slugify a title", "python", None, record_usage=False)
+    assert failed not in [i.ref for i in window.items]
