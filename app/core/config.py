@@ -105,7 +105,19 @@ class Settings(BaseSettings):
     retrieval_w_fb: float = 0.2
     retrieval_w_usage: float = 0.1
     retrieval_neutral_feedback: float = 0.5
+    # An execution outcome counts as this many ratings (passed 1.0, failed 0.0) in the
+    # feedback term: below one user's rating, enough to demote code that failed.
+    retrieval_exec_weight: float = 0.5
     max_project_file_bytes: int = 262_144
+
+    # --- agent ----------------------------------------------------------------------
+    context_budget_tokens: int = 1500
+    agent_max_tool_calls: int = 4
+    agent_tool_timeout_s: float = 60.0
+    agent_tool_output_chars: int = 4000
+    agent_max_repair_rounds: int = 2
+    agent_reuse_min_similarity: float = 0.55
+    agent_reuse_candidates: int = 3
 
     @field_validator("redis_url", "database_url")
     @classmethod

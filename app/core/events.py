@@ -166,5 +166,15 @@ def read_events_after_sync(client: redis.Redis, job_id: str, after_seq: int) -> 
     return _parse_entries(entries)
 
 
+def wait_for_events(
+    client: redis.Redis, job_id: str, after_seq: int, *, block_ms: int, count: int = 500
+) -> list[Event]:
+    """Events with seq > after_seq, blocking up to `block_ms` for the first (XREAD)."""
+    reply: Any = client.xread(
+        {names.events_stream_key(job_id): f"{after_seq}-0"}, count=count, block=block_ms
+    )
+    return [event for _stream, entries in reply or () for event in _parse_entries(entries)]
+
+
 def _parse_entries(entries: Any) -> list[Event]:
     return [Event.from_wire(fields[b"e"]) for _id, fields in entries or ()]
