@@ -25,7 +25,7 @@ from typing import Any
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
-from app.core import names
+from app.core import metrics, names
 from app.core.config import get_settings
 from app.core.db import session_scope
 from app.core.events import EventWriter
@@ -81,6 +81,10 @@ class JobContext:
     cancelled: threading.Event = field(default_factory=threading.Event)
     pump: EventPump | None = None
     deferred: list[Callable[[], None]] = field(default_factory=list)
+    # For /metrics (app/core/metrics.py): when the handler started, when each token left.
+    claimed_at: Any = field(default_factory=utcnow)
+    started: float = field(default_factory=time.perf_counter)
+    token_times: list[float] = field(default_factory=list)
 
     def defer(self, fn: Callable[[], None]) -> None:
         """Run `fn` after the job's final state is announced (work the client needn't wait for)."""
@@ -88,6 +92,8 @@ class JobContext:
 
     def emit(self, type_: str, data: dict[str, Any], *, progress_tokens: int | None = None) -> None:
         """Queue an event; it reaches Redis in order, without blocking the caller."""
+        if type_ == "token":
+            self.token_times.append(time.perf_counter())
         if self.pump is None:
             self.pump = EventPump(self.events, name=f"events-{self.job_id[:8]}")
         self.pump.put(type_, data, progress_tokens)
@@ -299,9 +305,10 @@ def run_job(job_id: str, handler: Callable[[JobContext], dict[str, Any]]) -> Non
             return
         lease.watch(ctx.cancelled)
         try:
-            _run_claimed(ctx, handler)
+            status, result = _run_claimed(ctx, handler)
         finally:
             ctx.close()
+        _record_metrics(client, ctx, status, result)
         for fn in ctx.deferred:
             try:
                 fn()
@@ -312,7 +319,24 @@ def run_job(job_id: str, handler: Callable[[JobContext], dict[str, Any]]) -> Non
         client.delete(names.dispatch_marker_key(job_id))
 
 
-def _run_claimed(ctx: JobContext, handler: Callable[[JobContext], dict[str, Any]]) -> None:
+def _record_metrics(
+    client: redis.Redis, ctx: JobContext, status: str, result: dict[str, Any] | None
+) -> None:
+    """One pipeline per job, after its final state: never on the token path, never fatal."""
+    figures = metrics.JobFigures(
+        kind=ctx.kind, status=status, result=result, queued_at=ctx.queued_at,
+        claimed_at=ctx.claimed_at, started=ctx.started, token_times=ctx.token_times,
+    )  # fmt: skip
+    try:
+        metrics.record_job(client, figures)
+    except (redis.RedisError, ValueError, TypeError) as exc:
+        log.warning("job %s: metrics not recorded: %s", ctx.job_id, exc)
+
+
+def _run_claimed(
+    ctx: JobContext, handler: Callable[[JobContext], dict[str, Any]]
+) -> tuple[str, dict[str, Any] | None]:
+    """Run the handler and record how the job ended: (final status, result)."""
     try:
         result = handler(ctx)
         ctx.flush()  # every token is in Redis before the final state is
@@ -328,15 +352,16 @@ def _run_claimed(ctx: JobContext, handler: Callable[[JobContext], dict[str, Any]
             ctx.flush()  # the tokens before the failure still precede the error event
         if _finish(ctx, names.FAILED, error=error):
             ctx.events.emit("error", error)
-        return
+        return names.FAILED, None
     if ctx.cancelled.is_set():
         if _finish(ctx, names.CANCELLED, result=result, progress_tokens=_tokens(result)):
             ctx.events.emit(
                 "status", {"status": names.CANCELLED, "attempt": ctx.attempt, "result": result}
             )
-        return
+        return names.CANCELLED, result
     if _finish(ctx, names.SUCCEEDED, result=result, progress_tokens=_tokens(result)):
         ctx.events.emit("done", result)
+    return names.SUCCEEDED, result
 
 
 def _tokens(result: dict[str, Any]) -> int:

@@ -56,6 +56,8 @@ LANGUAGES = tuple(LANGUAGE_EXTENSIONS)
 
 # --- Redis keys -----------------------------------------------------------------------------
 PREFIX = "codeloop"
+# Cluster-wide worker figures behind /metrics (app/core/metrics.py); its TTL is refreshed.
+METRICS_KEY = f"{PREFIX}:metrics"
 
 
 def events_stream_key(job_id: str) -> str:

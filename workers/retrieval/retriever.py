@@ -32,6 +32,7 @@ import numpy as np
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.core import metrics
 from app.core.config import Settings, get_settings
 from app.core.history import record_usage
 from app.core.models import RetrieverConfig
@@ -400,6 +401,7 @@ class FeedbackAwareRetriever:
         k: int = 5,
         item_types: Iterable[str] | None = None,
     ) -> list[SearchHit]:
+        started = time.perf_counter()
         self.sync()
         with self._lock:
             assert self._index is not None
@@ -420,6 +422,7 @@ class FeedbackAwareRetriever:
             if key not in best or best[key].combined < hit.combined:
                 best[key] = hit
         ranked = sorted(best.values(), key=lambda h: (-h.combined, -h.similarity, h.item_id))
+        metrics.observe_retriever_query(time.perf_counter() - started)
         return ranked[:k]
 
     def _hit(self, item: ItemDetails, similarity: float) -> SearchHit:

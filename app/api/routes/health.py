@@ -8,9 +8,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client.core import Metric
 from sqlalchemy import func, select, text
 
+from app.core import metrics as worker_metrics
 from app.core import names
 from app.core.db import session_scope
 from app.core.models import Job
@@ -89,7 +91,24 @@ async def metrics(request: Request) -> Response:
     for (kind, status), count in await run_in_threadpool(_job_counts):
         JOBS.labels(kind, status).set(count)
     SSE_CLIENTS.set(request.app.state.hub.client_count)
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    try:  # the workers' figures, cluster-wide (app/core/metrics.py)
+        raw = await client.hgetall(names.METRICS_KEY)
+    except Exception:
+        raw = {}
+    workers = CollectorRegistry(auto_describe=False)
+    workers.register(_Families(list(worker_metrics.families(raw))))
+    body = generate_latest() + generate_latest(workers)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+class _Families:
+    """Metric families read once for this scrape, served as a collector."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> list[Metric]:
+        return self._families
 
 
 def _job_counts() -> list[tuple[tuple[str, str], int]]:
