@@ -30,6 +30,7 @@ celery_app.conf.include = [
     "workers.tasks.execute",
     "workers.tasks.search",
     "workers.tasks.maintenance",
+    "workers.tasks.tuning",
 ]
 app = celery_app
 

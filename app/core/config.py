@@ -119,6 +119,31 @@ class Settings(BaseSettings):
     agent_reuse_min_similarity: float = 0.55
     agent_reuse_candidates: int = 3
 
+    # --- tuning ---------------------------------------------------------------------
+    # Retriever: an Optuna study over HNSW M / ef_construction / ef (workers/tuning/).
+    tune_interval_s: float = 21_600.0  # beat runs the tuner this often
+    tune_min_growth: float = 0.1  # skip unless the corpus grew this much since the last study
+    tune_min_corpus: int = 200  # beat never tunes a smaller corpus
+    tune_n_trials: int = 30
+    tune_timeout_s: float = 600.0
+    tune_recall_target: float = 0.98
+    tune_promote_margin: float = 0.05  # held-out p95 must be this much better to promote
+    tune_eval_queries: int = 2000  # evaluation queries per study (half tuning, half held out)
+    tune_record_queries: bool = True  # store served query embeddings for the evaluation set
+    tune_build_threads: int = 1  # hnswlib threads while the study builds candidate indexes
+    tune_soft_time_limit_s: int = 1800
+    tune_time_limit_s: int = 1860
+    tune_journal: Literal["file", "redis"] = "file"  # Optuna's storage when SQL is not PostgreSQL
+    retrieval_config_check_s: float = 5.0  # how often a replica looks for a promoted config
+    # Generation: an ask-and-tell study per language over temperature / top_p.
+    tune_generation: bool = True
+    tune_generation_share: float = 0.2  # share of unpinned generations served a trial
+    tune_generation_per_trial: int = 4  # generations served each trial's pair
+    tune_generation_min_outcomes: int = 3  # ratings + execution outcomes before a trial is told
+    tune_generation_deadline_s: float = 259_200.0  # a trial still short of outcomes then fails
+    tune_generation_min_trials: int = 5  # complete trials before the best becomes the default
+    tune_generation_interval_s: float = 60.0  # beat tells finished trials this often
+
     @field_validator("redis_url", "database_url")
     @classmethod
     def _not_blank(cls, value: str) -> str:

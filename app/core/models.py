@@ -216,3 +216,96 @@ class RetrieverConfig(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ServedQuery(Base):
+    """The embedding of a query the retriever answered: the tuner's evaluation set.
+
+    Kept capped (`TUNE_EVAL_QUERIES` x 2, oldest dropped) by the replica that records them.
+    """
+
+    __tablename__ = "served_queries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(200), index=True)
+    dim: Mapped[int] = mapped_column(Integer)
+    language: Mapped[str | None] = mapped_column(String(32), default=None)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little-endian, unit length
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TuningStudy(Base):
+    """One retriever tuning run: what it measured and whether it promoted a config.
+
+    `config_id` names the `retriever_configs` row it promoted (None when it kept the
+    configuration in force); Optuna's own record of the trials is `optuna_study`.
+    """
+
+    __tablename__ = "tuning_studies"
+    __table_args__ = (Index("ix_tuning_studies_kind_started", "kind", "started_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16), default="retriever")
+    optuna_study: Mapped[str] = mapped_column(String(200), default="")
+    trigger: Mapped[str] = mapped_column(String(16), default="api")  # api | beat
+    job_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running|finished|failed
+    n_trials: Mapped[int] = mapped_column(Integer, default=0)
+    trials_run: Mapped[int] = mapped_column(Integer, default=0)
+    timeout_s: Mapped[float] = mapped_column(Float, default=0.0)
+    recall_target: Mapped[float] = mapped_column(Float, default=0.98)
+    corpus_size: Mapped[int] = mapped_column(Integer, default=0)
+    eval_queries: Mapped[int] = mapped_column(Integer, default=0)
+    eval_source: Mapped[str] = mapped_column(String(16), default="")  # served|items|mixed
+    params_before: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    best_params: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    promoted: Mapped[bool] = mapped_column(Boolean, default=False)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    config_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    wall_s: Mapped[float] = mapped_column(Float, default=0.0)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class GenerationTrial(Base):
+    """An Optuna trial of a language's generation study, served to `budget` generations.
+
+    Generate workers claim a serving with one conditional UPDATE (no Optuna there); the
+    maintenance teller reads the outcomes of the generations tagged with `id` and tells
+    Optuna. status: open (still served) → waiting (budget spent) → complete | failed.
+    """
+
+    __tablename__ = "generation_trials"
+    __table_args__ = (Index("ix_generation_trials_language_status", "language", "status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    language: Mapped[str] = mapped_column(String(32))
+    optuna_study: Mapped[str] = mapped_column(String(200))
+    trial_number: Mapped[int] = mapped_column(Integer)
+    temperature: Mapped[float] = mapped_column(Float)
+    top_p: Mapped[float] = mapped_column(Float)
+    budget: Mapped[int] = mapped_column(Integer)
+    served: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    outcomes: Mapped[int] = mapped_column(Integer, default=0)
+    value: Mapped[float | None] = mapped_column(Float, default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class GenerationDefault(Base):
+    """A language's tuned sampling defaults (the best complete trial of its study)."""
+
+    __tablename__ = "generation_defaults"
+
+    language: Mapped[str] = mapped_column(String(32), primary_key=True)
+    temperature: Mapped[float] = mapped_column(Float)
+    top_p: Mapped[float] = mapped_column(Float)
+    trial_id: Mapped[int] = mapped_column(Integer)
+    value: Mapped[float] = mapped_column(Float)
+    complete_trials: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )

@@ -21,6 +21,8 @@ TASK_LINT = "codeloop.lint"
 TASK_SEARCH = "codeloop.search"
 TASK_OPTIMIZE = "codeloop.optimize"
 TASK_RECONCILE = "codeloop.reconcile"
+TASK_TUNE_RETRIEVER = "codeloop.tune_retriever"  # beat's run of the retriever tuner
+TASK_TELL_GENERATION = "codeloop.tell_generation_trials"
 TASK_PING = "codeloop.ping"
 
 # kind -> (task name, queue)
@@ -34,6 +36,8 @@ JOB_ROUTES: dict[str, tuple[str, str]] = {
 
 TASK_QUEUES: dict[str, str] = {task: queue for task, queue in JOB_ROUTES.values()}
 TASK_QUEUES[TASK_RECONCILE] = QUEUE_MAINTENANCE
+TASK_QUEUES[TASK_TUNE_RETRIEVER] = QUEUE_MAINTENANCE
+TASK_QUEUES[TASK_TELL_GENERATION] = QUEUE_MAINTENANCE
 
 # --- statuses -----------------------------------------------------------------------------
 QUEUED, RUNNING, RETRYING = "queued", "running", "retrying"
@@ -94,3 +98,8 @@ def dispatch_marker_key(job_id: str) -> str:
 
 def progress_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:progress"
+
+
+# --- tuning locks (value: the holder, `job:<id>` or `beat:<task id>`; TTL > hard limit) ---
+TUNE_RETRIEVER_LOCK = f"{PREFIX}:tuning:retriever:lock"
+TUNE_GENERATION_LOCK = f"{PREFIX}:tuning:generation:lock"

@@ -12,6 +12,18 @@ Lifecycle of a replica (one per worker process, no shared disk needed):
    catalog every `RECONCILE_INTERVAL_S` catches anything else (deleted rows included).
 3. Every replica converges on the same content because SQL is the only input.
 
+Hot swap of tuned HNSW parameters: every `RETRIEVAL_CONFIG_CHECK_S` a sync reads the
+newest active `retriever_configs` row (one indexed SELECT). A new `ef` applies at once;
+a new graph (M, ef_construction) is built in a background thread from SQL (or loaded,
+if another replica on this machine already saved that version) while searches keep
+using the old index; the new one is saved, then swapped in under the lock in one
+assignment and caught up. Index files are versioned by config (`<model>.v<N>.clidx`,
+written to a temporary name and renamed), so a replica that starts mid-swap loads the
+version in force and older versions are deleted once the new one is saved.
+
+Served queries: each searched vector is kept in memory and written to `served_queries`
+in batches (at most every `QUERY_FLUSH_S`), the tuner's evaluation set.
+
 Ranking: over-fetch nearest neighbours, read feedback and usage from SQL, sort by
 `ranking.combined_score`. A rating therefore changes the very next search.
 """
@@ -54,6 +66,7 @@ SAVE_INTERVAL_S = 300.0
 PENDING_BATCH = 256
 OVERFETCH, MIN_FETCH = 4, 64
 SNIPPET_CHARS = 1200
+QUERY_FLUSH_S, QUERY_FLUSH_MAX = 5.0, 64
 
 
 @dataclass(frozen=True)
@@ -90,15 +103,27 @@ def default_index_path(settings: Settings) -> Path:
     return Path(settings.data_dir) / "retrieval" / f"{slug}.clidx"
 
 
-def configured_params(session: Session) -> HnswParams:
-    """HNSW parameters of the newest active tuner result, or the defaults."""
-    params = session.scalar(
-        select(RetrieverConfig.params)
+def versioned_path(base: Path, version: int) -> Path:
+    """The index file of one config version: `<stem>.v<N><suffix>` beside `base`."""
+    return base.with_name(f"{base.stem}.v{version}{base.suffix}")
+
+
+def configured(session: Session) -> tuple[int, HnswParams]:
+    """(version, HNSW parameters) of the newest active tuner result; (0, defaults) if none."""
+    row = session.execute(
+        select(RetrieverConfig.id, RetrieverConfig.params)
         .where(RetrieverConfig.active.is_(True))
         .order_by(RetrieverConfig.created_at.desc(), RetrieverConfig.id.desc())
         .limit(1)
-    )
-    return HnswParams.from_dict(params if isinstance(params, dict) else None)
+    ).first()
+    if row is None:
+        return 0, HnswParams()
+    return int(row[0]), HnswParams.from_dict(row[1] if isinstance(row[1], dict) else None)
+
+
+def configured_params(session: Session) -> HnswParams:
+    """HNSW parameters of the newest active tuner result, or the defaults."""
+    return configured(session)[1]
 
 
 class FeedbackAwareRetriever:
@@ -114,7 +139,15 @@ class FeedbackAwareRetriever:
         settings = settings or get_settings()
         self.model = settings.embedding_model
         self.weights = RankingWeights.from_settings(settings)
-        self.index_path = index_path or default_index_path(settings)
+        self.base_path = index_path or default_index_path(settings)
+        self.version = 0  # the retriever_configs row in force (0: defaults or fixed params)
+        self._config_check_s = settings.retrieval_config_check_s
+        self._last_config_check = 0.0
+        self._record_queries = settings.tune_record_queries
+        self._keep_queries = max(2 * settings.tune_eval_queries, 1)
+        self._served: list[tuple[np.ndarray, str | None]] = []
+        self._served_lock = threading.Lock()
+        self._last_query_flush = time.monotonic()
         self.embedder = embedder or get_embedder(self.model)
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._fixed_params = params  # None: follow retriever_configs
@@ -126,7 +159,8 @@ class FeedbackAwareRetriever:
         self._gaps: dict[int, float] = {}  # seq -> monotonic time first missed
         self._unsaved = 0
         self._last_pending_scan = self._last_reconcile = self._last_save = 0.0
-        self._rebuilding = False
+        self._rebuilding: tuple[int, HnswParams] | None = None  # the version being built
+        self.swaps = 0  # completed hot swaps (tests, metrics)
         self.opened_how: str | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -137,7 +171,8 @@ class FeedbackAwareRetriever:
                 return self.opened_how
             self._dim = self.embedder.dim
             self.embed_pending()
-            params = self._params()
+            self.version, params = self._config()
+            self._last_config_check = time.monotonic()
             try:
                 self._load(params)
                 how = "loaded"
@@ -151,14 +186,30 @@ class FeedbackAwareRetriever:
             self._last_reconcile = time.monotonic()
             return how
 
-    def _params(self) -> HnswParams:
+    @property
+    def index_path(self) -> Path:
+        """The file of the version in force."""
+        return versioned_path(self.base_path, self.version)
+
+    def _config(self) -> tuple[int, HnswParams]:
         if self._fixed_params is not None:
-            return self._fixed_params
+            return 0, self._fixed_params
         with self._sessions() as session:
-            return configured_params(session)
+            return configured(session)
+
+    def _params(self) -> HnswParams:
+        return self._config()[1]
 
     def _load(self, params: HnswParams) -> None:
-        index, header = load_index(self.index_path)
+        index, hwm, gaps, sql_catalog = self._read_file(self.index_path, params)
+        self._index, self._hwm, self._gaps = index, hwm, gaps
+        self._reconcile(sql_catalog)
+
+    def _read_file(
+        self, path: Path, params: HnswParams
+    ) -> tuple[VectorIndex, int, dict[int, float], dict[int, LabelInfo]]:
+        """A saved index that verifies and matches SQL (touches no state)."""
+        index, header = load_index(path)
         if header.model != self.model or header.dim != self._dim:
             raise IndexFileError(f"stale: built for {header.model} ({header.dim} dims)")
         if not header.params.same_graph(params):
@@ -175,10 +226,8 @@ class FeedbackAwareRetriever:
             raise IndexFileError("stale: most labels are not in SQL")
         if params.ef != index.params.ef:
             index.set_ef(params.ef)
-        self._index, self._hwm = index, header.hwm
         now = time.monotonic()
-        self._gaps = dict.fromkeys(header.gaps, now)
-        self._reconcile(sql_catalog)
+        return index, header.hwm, dict.fromkeys(header.gaps, now), sql_catalog
 
     def _build(self, params: HnswParams) -> None:
         self._index, self._hwm, self._gaps = self._build_index(params)
@@ -202,31 +251,62 @@ class FeedbackAwareRetriever:
         }
         return index, hwm, gaps
 
-    def _rebuild_in_background(self, params: HnswParams) -> None:
-        """Swap in an index built with new graph params; searches go on meanwhile."""
-        if self._rebuilding:
-            return
-        self._rebuilding = True
+    def _rebuild_in_background(self, params: HnswParams, version: int | None = None) -> None:
+        """Swap in an index built with new graph params; searches go on meanwhile.
+
+        Called with the lock held; the build runs in a thread without it. The new index
+        is saved under its version's file before it becomes visible, so the swap itself
+        is one assignment plus a catch-up on rows committed during the build.
+        """
+        version = self.version if version is None else version
+        if self._rebuilding is not None:
+            return  # one build at a time; a later config is noticed at the next check
+        self._rebuilding = (version, params)
+        path = versioned_path(self.base_path, version)
 
         def work() -> None:
             try:
-                index, hwm, gaps = self._build_index(params)
+                try:  # another replica on this machine may have saved this version already
+                    index, hwm, gaps, _ = self._read_file(path, params)
+                    how = "loaded"
+                except IndexFileError:
+                    index, hwm, gaps = self._build_index(params)
+                    self._save_to(path, index, hwm, gaps)
+                    how = "built"
                 with self._lock:
                     self._index, self._hwm, self._gaps = index, hwm, gaps
-                    self._catch_up()
-                    self.save()
+                    self.version = version
+                    self._unsaved += self._catch_up()
+                    self.swaps += 1
+                log.info("retrieval index v%d (%s) %s and swapped in", version,
+                         params.to_dict(), how)  # fmt: skip
+                self._prune_versions(version)
             except Exception:
                 log.exception("rebuilding the retrieval index failed")
             finally:
-                self._rebuilding = False
+                self._rebuilding = None
 
         threading.Thread(target=work, name="retrieval-rebuild", daemon=True).start()
+
+    def _prune_versions(self, keep: int) -> None:
+        """Delete index files of older versions (a replica starting now wants `keep`)."""
+        pattern = f"{self.base_path.stem}.v*{self.base_path.suffix}"
+        for path in self.base_path.parent.glob(pattern):
+            number = path.name[len(self.base_path.stem) + 2 : -len(self.base_path.suffix) or None]
+            if number.isdigit() and int(number) < keep:
+                path.unlink(missing_ok=True)
+
+    @property
+    def rebuilding(self) -> bool:
+        return self._rebuilding is not None
 
     def rebuild(self, params: HnswParams | None = None) -> None:
         """Rebuild from SQL now (e.g. after the tuner chose new HNSW parameters)."""
         with self._lock:
             self._dim = self._dim or self.embedder.dim
-            self._build(params or self._params())
+            if params is None:
+                self.version, params = self._config()
+            self._build(params)
             self.opened_how = self.opened_how or "built"
             self.save()
 
@@ -235,24 +315,25 @@ class FeedbackAwareRetriever:
         with self._lock:
             if self._index is None:
                 return None
-            header = IndexHeader(
-                self.model,
-                self._dim,
-                self._index.params,
-                self._hwm,
-                dict(self._index.labels),
-                sorted(self._gaps),
-            )
-            try:
-                save_index(self.index_path, self._index, header)
-            except OSError as exc:
-                log.warning("could not save the retrieval index to %s: %s", self.index_path, exc)
+            if not self._save_to(self.index_path, self._index, self._hwm, self._gaps):
                 return None
             self._unsaved = 0
             self._last_save = time.monotonic()
             return self.index_path
 
+    def _save_to(self, path: Path, index: VectorIndex, hwm: int, gaps: dict[int, float]) -> bool:
+        header = IndexHeader(
+            self.model, self._dim, index.params, hwm, dict(index.labels), sorted(gaps)
+        )
+        try:
+            save_index(path, index, header)
+        except OSError as exc:
+            log.warning("could not save the retrieval index to %s: %s", path, exc)
+            return False
+        return True
+
     def close(self) -> None:
+        self.flush_served_queries()
         with self._lock:
             if self._unsaved:
                 self.save()
@@ -266,8 +347,10 @@ class FeedbackAwareRetriever:
             self.embed_pending()
         with self._lock:
             assert self._index is not None
+            if force or now - self._last_config_check >= self._config_check_s:
+                self._follow_config()
             if force or now - self._last_reconcile >= RECONCILE_INTERVAL_S:
-                added = self._refresh_params_and_reconcile()
+                added = self._reconcile()
             else:
                 added = self._catch_up()
             self._unsaved += added
@@ -312,14 +395,27 @@ class FeedbackAwareRetriever:
         return added + len(gone)
 
     def _refresh_params_and_reconcile(self) -> int:
-        assert self._index is not None
-        params = self._params()
-        if not params.same_graph(self._index.params):
-            log.info("HNSW parameters changed to %s: rebuilding", params.to_dict())
-            self._rebuild_in_background(params)
-        if params.ef != self._index.params.ef:
-            self._index.set_ef(params.ef)
+        self._follow_config()
         return self._reconcile()
+
+    def _follow_config(self) -> None:
+        """Apply a newly promoted config: ef at once, a new graph by background rebuild."""
+        assert self._index is not None
+        self._last_config_check = time.monotonic()
+        version, params = self._config()
+        if version == self.version and params.same_graph(self._index.params):
+            if params.ef != self._index.params.ef:
+                self._index.set_ef(params.ef)
+            return
+        if params.same_graph(self._index.params):
+            self._index.set_ef(params.ef)
+            self.version = version
+            self._unsaved += 1  # saved under the new version's name at the next save
+            log.info("retrieval config v%d: ef=%d", version, params.ef)
+            return
+        if self._rebuilding is None:
+            log.info("retrieval config v%d: new graph %s, rebuilding", version, params.to_dict())
+        self._rebuild_in_background(params, version)
 
     def _add_rows(self, rows: Sequence[store.EmbeddingRow]) -> int:
         assert self._index is not None
@@ -423,7 +519,38 @@ class FeedbackAwareRetriever:
                 best[key] = hit
         ranked = sorted(best.values(), key=lambda h: (-h.combined, -h.similarity, h.item_id))
         metrics.observe_retriever_query(time.perf_counter() - started)
+        self._remember_query(vector, language)
         return ranked[:k]
+
+    def _remember_query(self, vector: np.ndarray, language: str | None) -> None:
+        if not self._record_queries:
+            return
+        with self._served_lock:
+            self._served.append((np.asarray(vector, dtype=np.float32).copy(), language))
+            due = (
+                len(self._served) >= QUERY_FLUSH_MAX
+                or time.monotonic() - self._last_query_flush >= QUERY_FLUSH_S
+            )
+        if due:
+            self.flush_served_queries()
+
+    def flush_served_queries(self) -> int:
+        """Write remembered query embeddings to SQL (the tuner's evaluation set)."""
+        from workers.tuning.evalset import record_served
+
+        with self._served_lock:
+            batch, self._served = self._served, []
+            self._last_query_flush = time.monotonic()
+        if not batch:
+            return 0
+        try:
+            with self._sessions.begin() as session:
+                record_served(session, self.model, [v for v, _ in batch],
+                              [lang for _, lang in batch], self._keep_queries)  # fmt: skip
+        except Exception as exc:  # an evaluation sample is not worth failing a search for
+            log.warning("could not record %d served queries: %s", len(batch), exc)
+            return 0
+        return len(batch)
 
     def _hit(self, item: ItemDetails, similarity: float) -> SearchHit:
         neutral = self.weights.neutral_feedback
@@ -477,6 +604,12 @@ class FeedbackAwareRetriever:
     def size(self) -> int:
         with self._lock:
             return 0 if self._index is None else len(self._index)
+
+    @property
+    def params(self) -> HnswParams | None:
+        """The HNSW parameters of the index answering searches now."""
+        with self._lock:
+            return None if self._index is None else self._index.params
 
     @property
     def high_water_mark(self) -> int:

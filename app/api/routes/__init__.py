@@ -2,6 +2,7 @@
 
 from fastapi import APIRouter
 
+from app.api.openai.router import router as openai_router
 from app.api.routes import (
     events_token,
     execute,
@@ -12,6 +13,7 @@ from app.api.routes import (
     history,
     jobs,
     knowledge,
+    optimize,
     projects,
     search,
     ui,
@@ -27,7 +29,9 @@ ROUTERS: list[APIRouter] = [
     generations.router,
     projects.router,
     jobs.router,
+    optimize.router,
     events_token.router,
     health.router,
     ui.router,
+    openai_router,
 ]

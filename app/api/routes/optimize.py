@@ -1,0 +1,84 @@
+"""`/optimize/retriever` and `/optimize/generation`: trigger and watch the tuners.
+
+`POST /optimize/retriever` is an `optimize` job on the maintenance queue; its events
+include a `progress` per trial. A second request while a study runs (a job, or beat's
+run holding the tuning lock) is a 409 that names it; two requests racing past this
+check are still kept apart by the worker's Redis lock (the loser fails with `conflict`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from redis.exceptions import RedisError
+
+from app.api.deps import OwnerDep, SessionDep
+from app.api.submit import job_response, submit_job
+from app.core import names
+from app.core.config import get_settings
+from app.core.errors import Conflict, InvalidInput
+from app.core.tuning import generation_overview, open_optimize_job, retriever_overview
+
+router = APIRouter(prefix="/optimize", tags=["tuning"])
+
+MAX_TRIALS = 500
+
+
+class OptimizeRetrieverRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n_trials: int | None = Field(default=None, ge=1, le=MAX_TRIALS)
+    timeout_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    recall_target: float | None = Field(default=None, ge=0.5, le=1.0, allow_inf_nan=False)
+
+
+@router.post("/retriever", status_code=202)
+def optimize_retriever(
+    body: OptimizeRetrieverRequest, request: Request, session: SessionDep, owner: OwnerDep
+) -> JSONResponse:
+    """Tune the retriever's HNSW parameters now (an `optimize` job with `progress` events)."""
+    settings = get_settings()
+    cap = settings.tune_soft_time_limit_s - 60
+    if body.timeout_s is not None and body.timeout_s > cap:
+        raise InvalidInput(
+            f"timeout_s must be at most {cap} (the task's soft time limit less a minute)",
+            detail={"field": "timeout_s", "max": cap},
+        )
+    running = open_optimize_job(session)
+    if running is not None:
+        raise Conflict(
+            f"a retriever study is already running: job {running.id}",
+            detail={"job_id": running.id, "status": running.status,
+                    "links": {"self": f"/jobs/{running.id}"}},
+        )  # fmt: skip
+    holder = None
+    with contextlib.suppress(RedisError):
+        raw = request.app.state.redis_sync.get(names.TUNE_RETRIEVER_LOCK)
+        holder = raw.decode() if isinstance(raw, bytes) else raw
+    if holder is not None:
+        raise Conflict(f"a retriever study is already running ({holder})",
+                       detail={"holder": holder})  # fmt: skip
+    job, created = submit_job(
+        request, session, kind="optimize", owner=owner, body=body.model_dump(exclude_none=True)
+    )
+    return job_response(session, job, created)
+
+
+@router.get("/retriever")
+def get_retriever_tuning(
+    session: SessionDep, _owner: OwnerDep, limit: int = Query(default=10, ge=1, le=100)
+) -> dict[str, Any]:
+    """The configuration in force (version, params, since, by which study), recent studies."""
+    return retriever_overview(session, limit=limit)
+
+
+@router.get("/generation")
+def get_generation_tuning(
+    session: SessionDep, _owner: OwnerDep, recent: int = Query(default=10, ge=0, le=100)
+) -> dict[str, Any]:
+    """Each language's sampling study: trials, the default in force, best and recent trials."""
+    return generation_overview(session, get_settings(), recent=recent)
