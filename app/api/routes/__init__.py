@@ -2,7 +2,6 @@
 
 from fastapi import APIRouter
 
-from app.api.openai.router import router as openai_router
 from app.api.routes import (
     events_token,
     execute,
@@ -33,5 +32,4 @@ ROUTERS: list[APIRouter] = [
     events_token.router,
     health.router,
     ui.router,
-    openai_router,
 ]
