@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from app.core.config import get_settings
+from app.remote import add_client_commands
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         .set_defaults(func=_cmd_model)  # fmt: skip
     sub.add_parser("knowledge", help="load the starter knowledge base (idempotent)")\
         .set_defaults(func=_cmd_knowledge)  # fmt: skip
+    add_client_commands(sub)  # generate, exec, feedback, jobs, optimize: app/remote.py
     return parser
 
 
