@@ -47,6 +47,9 @@ class AgentMemory:
         self.memory = _code_memory(self.retriever, engine.count_tokens)
 
     def embed(self, text: str) -> np.ndarray:
+        """The task's embedding; first, anything added to memory since the last scan
+        (a knowledge item posted a moment ago) is embedded, so this task can find it."""
+        self.retriever.embed_pending()
         return self.retriever.embedder.encode_one(text)
 
     def context_window(

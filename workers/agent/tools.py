@@ -115,7 +115,7 @@ def _child_result(outcome: ChildOutcome, what: str) -> dict[str, Any]:
     if outcome.status == names.SUCCEEDED and outcome.result is not None:
         return outcome.result
     if outcome.status == "timeout":
-        raise ToolError(f"{what} did not finish in time")
+        raise ToolError(f"{what} timed out")
     if outcome.error:
         raise ToolError(f"{what} failed: {outcome.error.get('message', outcome.error)}")
     raise ToolError(f"{what} ended {outcome.status}")
