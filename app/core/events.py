@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 
 from app.core import names
 
-EVENT_TYPES = ("status", "token", "tool_call", "tool_result", "done", "error")
+EVENT_TYPES = ("status", "token", "tool_call", "tool_result", "progress", "done", "error")
 
 
 @dataclass(frozen=True, slots=True)

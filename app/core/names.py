@@ -103,3 +103,5 @@ def progress_key(job_id: str) -> str:
 # --- tuning locks (value: the holder, `job:<id>` or `beat:<task id>`; TTL > hard limit) ---
 TUNE_RETRIEVER_LOCK = f"{PREFIX}:tuning:retriever:lock"
 TUNE_GENERATION_LOCK = f"{PREFIX}:tuning:generation:lock"
+# JSON of beat's latest tuner run (`{"at", "outcome", "study"|"skipped"}`), shown by the API.
+TUNE_LAST_BEAT_RUN = f"{PREFIX}:tuning:retriever:last_beat_run"

@@ -13,7 +13,9 @@ Optuna and hnswlib are imported inside the tasks: this module is imported by eve
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from typing import Any
 
 from sqlalchemy import select
@@ -102,24 +104,35 @@ def growth_check(settings: Any, sessions: sessionmaker[Any]) -> str | None:
     time_limit=_settings.tune_time_limit_s,
 )
 def tune_retriever(self: Any) -> dict[str, Any]:
+    settings = get_settings()
+    outcome = _tune_from_beat(settings, f"beat:{self.request.id}")
+    report = {"at": time.time(), **outcome}
+    ttl = max(int(settings.tune_interval_s * 4), 3600)
+    get_redis().set(names.TUNE_LAST_BEAT_RUN, json.dumps(report), ex=ttl)
+    return report
+
+
+def _tune_from_beat(settings: Any, holder: str) -> dict[str, Any]:
     from workers.tuning.retriever_tuner import TuningRefused, TuningRequest, run_tuning
 
-    settings = get_settings()
     sessions = _sessions()
     skip = growth_check(settings, sessions)
     if skip is not None:
         log.info("retriever tuner skipped: %s", skip)
-        return {"skipped": skip}
-    lock = _lock(f"beat:{self.request.id}")
+        return {"outcome": "skipped", "skipped": skip}
+    lock = _lock(holder)
     if not lock.acquire():
-        log.info("retriever tuner skipped: a study is running (%s)", lock.holder_now())
-        return {"skipped": "a study is already running"}
+        reason = f"a study is already running ({lock.holder_now()})"
+        log.info("retriever tuner skipped: %s", reason)
+        return {"outcome": "skipped", "skipped": reason}
     try:
         request = TuningRequest.from_json({}, settings, trigger="beat")
-        return run_tuning(sessions, settings, request)
+        result = run_tuning(sessions, settings, request)
+        return {"outcome": "promoted" if result["promoted"] else "kept",
+                "study": result["study"], "reason": result["reason"]}  # fmt: skip
     except TuningRefused as exc:
         log.info("retriever tuner skipped: %s", exc)
-        return {"skipped": str(exc)}
+        return {"outcome": "skipped", "skipped": str(exc)}
     finally:
         lock.release()
 

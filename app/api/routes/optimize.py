@@ -9,6 +9,7 @@ check are still kept apart by the worker's Redis lock (the loser fails with `con
 from __future__ import annotations
 
 import contextlib
+import json
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -70,10 +71,20 @@ def optimize_retriever(
 
 @router.get("/retriever")
 def get_retriever_tuning(
-    session: SessionDep, _owner: OwnerDep, limit: int = Query(default=10, ge=1, le=100)
+    request: Request,
+    session: SessionDep,
+    _owner: OwnerDep,
+    limit: int = Query(default=10, ge=1, le=100),
 ) -> dict[str, Any]:
     """The configuration in force (version, params, since, by which study), recent studies."""
-    return retriever_overview(session, limit=limit)
+    overview = retriever_overview(session, limit=limit)
+    overview["running_lock"] = overview["last_beat_run"] = None
+    with contextlib.suppress(RedisError):
+        client = request.app.state.redis_sync
+        holder, last = client.mget(names.TUNE_RETRIEVER_LOCK, names.TUNE_LAST_BEAT_RUN)
+        overview["running_lock"] = holder.decode() if isinstance(holder, bytes) else holder
+        overview["last_beat_run"] = json.loads(last) if last else None
+    return overview
 
 
 @router.get("/generation")
