@@ -2,6 +2,7 @@
 
 from fastapi import APIRouter
 
+from app.api.openai.router import router as openai_router
 from app.api.routes import (
     events_token,
     execute,
@@ -32,4 +33,5 @@ ROUTERS: list[APIRouter] = [
     events_token.router,
     health.router,
     ui.router,
+    openai_router,
 ]
