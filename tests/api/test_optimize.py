@@ -127,9 +127,7 @@ def test_optimize_retriever_end_to_end_with_progress_events(stack):
         assert overview["running_job"] is None and overview["running_lock"] is None
 
 
-def test_beat_fires_the_tuner_skips_while_locked_and_when_the_corpus_did_not_grow(
-    stack, tmp_path
-):
+def test_beat_fires_the_tuner_skips_while_locked_and_when_the_corpus_did_not_grow(stack, tmp_path):
     client = stack.redis()
     client.delete(names.TUNE_LAST_BEAT_RUN)
     client.set(names.TUNE_RETRIEVER_LOCK, "job:held-by-the-test", ex=600)
@@ -191,9 +189,9 @@ def test_the_generation_study_is_told_by_real_feedback_through_the_api(stack, in
     sessions = sessionmaker(engine, expire_on_commit=False)
 
     def open_trial() -> GenerationTrial | None:
+        wanted = (GenerationTrial.language == "python", GenerationTrial.status == "open")
         with sessions() as session:
-            return session.scalar(select(GenerationTrial).where(
-                GenerationTrial.language == "python", GenerationTrial.status == "open"))  # fmt: skip
+            return session.scalar(select(GenerationTrial).where(*wanted))
 
     producer.send_task(names.TASK_TELL_GENERATION)  # the teller asks each language a trial
     wait_until(open_trial, 60, what="an open python trial")
