@@ -1,4 +1,4 @@
-"""The `codeloop` command: `up`, `keys`, `migrate`, `model`, `knowledge`.
+"""The `codeloop` command: `up`, `keys`, `migrate`, `model`, `knowledge`, `dashboard`.
 
 Kept free of torch at import time: `codeloop keys create` must be instant.
 """
@@ -76,6 +76,22 @@ def _cmd_knowledge(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    """optuna-dashboard on the tuners' own storage (PostgreSQL schema or journal)."""
+    from workers.tuning.storage import describe, optuna_storage
+
+    try:
+        import optuna_dashboard
+    except ImportError:
+        print("optuna-dashboard is not installed: pip install optuna-dashboard", file=sys.stderr)
+        return 1
+    settings = get_settings()
+    print(f"optuna-dashboard on http://{args.host}:{args.port} reading {describe(settings)}",
+          flush=True)  # fmt: skip
+    optuna_dashboard.run_server(optuna_storage(settings), host=args.host, port=args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codeloop", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -102,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
         .set_defaults(func=_cmd_model)  # fmt: skip
     sub.add_parser("knowledge", help="load the starter knowledge base (idempotent)")\
         .set_defaults(func=_cmd_knowledge)  # fmt: skip
+    dashboard = sub.add_parser("dashboard", help="optuna-dashboard on the tuning studies")
+    dashboard.add_argument("--host", default="127.0.0.1")
+    dashboard.add_argument("--port", type=int, default=8080)
+    dashboard.set_defaults(func=_cmd_dashboard)
     add_client_commands(sub)  # generate, exec, feedback, jobs, optimize: app/remote.py
     return parser
 
