@@ -150,9 +150,17 @@ def measure_side_by_side(
     configs: Sequence[HnswParams],
     threads: int = 1,
     rounds: int = 2,
+    built: dict[tuple[int, int], Any] | None = None,
 ) -> list[Measured]:
-    """Each config measured on the same queries, interleaved, best p95 of `rounds`."""
-    indexes = [build_index(corpus, p.M, p.ef_construction, threads) for p in configs]
+    """Each config measured on the same queries, interleaved, best p95 of `rounds`.
+
+    `built` holds graphs the study already built, by (M, ef_construction).
+    """
+    built = built or {}
+    indexes = [
+        built.get((p.M, p.ef_construction)) or build_index(corpus, p.M, p.ef_construction, threads)
+        for p in configs
+    ]
     best: list[Measured | None] = [None] * len(configs)
     for _ in range(rounds):
         for i, (p, index) in enumerate(zip(configs, indexes, strict=True)):
@@ -209,12 +217,18 @@ class _Objective:
         efc_choices: Sequence[int],
         ef_sweep: Sequence[int],
         deadline: float,
+        keep: tuple[int, int],
     ) -> None:
         self.corpus, self.queries, self.truth = corpus, queries, truth
         self.settings = settings
         self.m_choices, self.efc_choices, self.ef_sweep = m_choices, efc_choices, ef_sweep
         self.deadline = deadline
         self.done: dict[tuple[int, int], tuple[float, dict[str, Any]]] = {}
+        # Graphs the held-out check will need again: the one in force and the best so far
+        # (rebuilding a 100k graph costs more than a trial's whole ef sweep).
+        self.keep = keep
+        self.built: dict[tuple[int, int], Any] = {}
+        self.best_value = float("inf")
 
     def __call__(self, trial: Any) -> float:
         import optuna
@@ -247,6 +261,13 @@ class _Objective:
             m = measure(index, self.queries, self.truth, chosen)
             value = m.p95_ms
             attrs.update(feasible=True, ef=chosen, **m.to_json())
+        if (M, efc) == self.keep:
+            self.built[(M, efc)] = index
+        elif chosen is not None and value < self.best_value:
+            self.built = {g: i for g, i in self.built.items() if g == self.keep}
+            self.built[(M, efc)] = index
+        if chosen is not None:
+            self.best_value = min(self.best_value, value)
         del index
         for key, item in attrs.items():
             trial.set_user_attr(key, item)
@@ -296,7 +317,8 @@ def run_study(
     for M, efc in graphs:
         study.enqueue_trial({"M": M, "ef_construction": efc})
     objective = _Objective(corpus, tune_queries, tune_truth, settings, m_choices, efc_choices,
-                           ef_sweep, started + settings.timeout_s)  # fmt: skip
+                           ef_sweep, started + settings.timeout_s,
+                           (current.M, current.ef_construction))  # fmt: skip
     n_trials = settings.n_trials
 
     def callback(st: Any, trial: Any) -> None:
@@ -314,7 +336,8 @@ def run_study(
     best, _ = best_feasible(study)
     configs = [current] if best is None or best == current else [current, best]
     measured = measure_side_by_side(corpus, held_out_queries, held_truth, configs,
-                                    settings.build_threads)  # fmt: skip
+                                    settings.build_threads, built=objective.built)  # fmt: skip
+    objective.built.clear()
     before = measured[0]
     after = measured[1] if len(measured) > 1 else (before if best == current else None)
     promoted, reason = decide(current, best, before, after, settings.recall_target,
