@@ -12,6 +12,10 @@ Reported on the held-out half, side by side in this run: recall@10, p50/p95 late
 (M=16, ef_construction=200, ef=100) and of the tuned configuration, the QPS ratio,
 trials run and the study's wall time (ground truth, trials and the held-out check).
 
+Also `sampling`: what `workers.tuning.generation.sampling_for` costs the generate worker
+per call on SQLite (a pinned request; a trial's serving, one conditional UPDATE; the
+tuned default, cached), with the teller having asked a real journal-backed study.
+
 Usage: python -m bench.tuning [--sizes synthetic=100000,code=10000] [--trials 40]
        [--timeout 480] [--threads 2] [--target 0.98]
 Prints its figures, then one JSON line.
@@ -102,6 +106,47 @@ def run(name: str, corpus: np.ndarray, queries: np.ndarray, args: argparse.Names
     return figures
 
 
+def sampling_cost(calls: int = 400) -> dict[str, float]:
+    """Mean µs per `sampling_for` call, three paths, on a scratch SQLite database."""
+    import tempfile
+
+    from sqlalchemy.orm import sessionmaker
+
+    from app.core import db
+    from app.core.config import get_settings, reset_settings_cache
+    from workers.tuning import generation
+
+    figures: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ.update({
+            "CODELOOP_DATABASE_URL": f"sqlite:///{tmp}/bench.db",
+            "CODELOOP_DATA_DIR": tmp,
+            "CODELOOP_TUNE_GENERATION_PER_TRIAL": str(calls * 2),
+            "CODELOOP_TUNE_GENERATION_MIN_TRIALS": "1",
+        })  # fmt: skip
+        reset_settings_cache()
+        db.reset_engine()
+        db.migrate()
+        generation.tell_trials(sessionmaker(db.get_engine()), get_settings())
+
+        def timed(name: str, share: str, request: dict[str, Any]) -> None:
+            os.environ["CODELOOP_TUNE_GENERATION_SHARE"] = share
+            reset_settings_cache()
+            generation.sampling_for("python", request)  # warm: engine, cache
+            started = time.perf_counter()
+            for _ in range(calls):
+                generation.sampling_for("python", request)
+            figures[name] = round((time.perf_counter() - started) / calls * 1e6, 1)
+
+        timed("pinned_us", "1.0", {"temperature": 0.2, "top_p": 0.9})
+        timed("trial_us", "1.0", {})
+        timed("default_us", "0", {})
+        db.reset_engine()
+    print(f"sampling_for: pinned {figures['pinned_us']} µs, trial serving "
+          f"{figures['trial_us']} µs, default {figures['default_us']} µs per call")  # fmt: skip
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="synthetic=100000,code=10000")
@@ -111,6 +156,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="hnswlib build/recall threads")
     parser.add_argument("--target", type=float, default=0.98)
     parser.add_argument("--data-dir", type=Path, default=Path("data/bench"))
+    parser.add_argument("--skip-sampling", action="store_true")
     args = parser.parse_args()
     results: dict[str, Any] = {"cpus": os.cpu_count(), "threads": args.threads,
                                "target": args.target}  # fmt: skip
@@ -124,6 +170,8 @@ def main() -> None:
         else:
             raise SystemExit(f"unknown dataset {name!r}")
         results[name] = run(name, corpus, queries, args)
+    if not args.skip_sampling:
+        results["sampling"] = sampling_cost()
     print(json.dumps({"bench": "tuning", **results}))
 
 
