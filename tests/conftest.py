@@ -7,6 +7,7 @@ Nothing here touches the machine's own Redis: the suite runs its own `redis-serv
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -283,3 +284,41 @@ def secured_api(
         yield SecuredApi(api.url, key)
     finally:
         api.stop()
+
+
+SCRIPTED_CALL = '<function>execute_code</function>{"language": "python", "code": "print(6 * 7)"}'
+SCRIPTED = {
+    "token_chars": 3,
+    "rules": [
+        {"match": "compute the answer", "turns": ["Let me run it. " + SCRIPTED_CALL, "It is 42."]}
+    ],
+    "default": ["```python\nprint('hello')\n```"],
+}
+
+
+@pytest.fixture(scope="session")
+def scripted_platform(
+    redis_server: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Platform]:
+    """API + a generate worker that plays a script (the "model" calls execute_code) + an
+    execute worker that really runs the call (Redis database 8, auth off)."""
+    root = tmp_path_factory.mktemp("ui-scripted")
+    script = root / "script.json"
+    script.write_text(json.dumps(SCRIPTED))
+    env = {**platform_env(redis_server, root, tiny_model_dir, 8),
+           "CODELOOP_MODEL_ID": f"scripted:{script}"}  # fmt: skip
+    redis.Redis.from_url(env["CODELOOP_REDIS_URL"]).flushdb()
+    workers = [
+        Worker(env, "generate,search", 1, root / "worker-generate.log", name="uigen@%h"),
+        Worker(env, "execute", 1, root / "worker-execute.log", name="uiexe@%h"),
+    ]
+    api = ApiServer(env, free_port(), root / "api.log")
+    try:
+        api.wait_ready()
+        for worker in workers:
+            worker.wait_ready()
+        yield Platform(env, api, workers)
+    finally:
+        api.stop()
+        for worker in workers:
+            worker.stop()

@@ -65,3 +65,21 @@ def test_worker_figures_reach_the_api(platform: Platform) -> None:
     assert delta[SANDBOX_OK] >= 1
     assert delta[WAIT_GENERATE] >= 1
     assert ("codeloop_generation_tokens_per_second_count", ()) in after
+
+
+def test_the_agents_tool_calls_are_counted(scripted_platform: Platform) -> None:
+    calls_ok = ("codeloop_tool_calls_total", (("name", "execute_code"), ("outcome", "ok")))
+    duration = ("codeloop_tool_call_duration_seconds_count", (("name", "execute_code"),))
+    with scripted_platform.client() as http:
+        before = scrape(http)
+        created = http.post("/generate_code", json={"task": "compute the answer"})
+        result = finished(http, created.json()["id"])["result"]
+        assert [c["name"] for c in result["tool_calls"]] == ["execute_code"]
+
+        def counted() -> dict | None:
+            now = scrape(http)
+            return now if now.get(calls_ok, 0) >= before.get(calls_ok, 0) + 1 else None
+
+        after = wait_until(counted, 30, interval=0.2, what="tool calls in /metrics")
+    assert after.get(duration, 0) >= before.get(duration, 0) + 1
+    assert after.get(SANDBOX_OK, 0) >= before.get(SANDBOX_OK, 0) + 1  # the call's child job

@@ -218,3 +218,31 @@ def test_without_a_key_the_page_says_so(browser: Any, secured_api: SecuredApi) -
     until(page, "message", "t.includes('API key')")
     assert status(page) == "idle"
     context.close()
+
+
+def test_tool_calls_and_context_the_agent_used(browser: Any, scripted_platform: Platform) -> None:
+    """On the scripted engine the "model" calls execute_code: the page lists the call live
+    and, from the result, every context item and tool call (auth off: no key needed)."""
+    context = browser.new_context(base_url=scripted_platform.url)
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto("/")
+    page.wait_for_selector("body[data-ready=true]")
+    job_id = start_generation(page, 256, task="compute the answer")
+    wait_status(page, "succeeded")
+    with scripted_platform.client() as http:
+        result = http.get(f"/jobs/{job_id}").json()["result"]
+    assert (
+        page.get_by_test_id("output").text_content() == result["text"] == "Let me run it. It is 42."
+    )
+    calls = page.locator("[data-testid=tool-calls] li")
+    [call] = result["tool_calls"]
+    assert calls.count() == 1
+    assert calls.first.get_attribute("data-call-id") == call["call_id"]
+    shown = str(calls.first.text_content())
+    assert shown.startswith("execute_code(") and "→ ok" in shown and "print(6 * 7)" in shown
+    items = page.locator("[data-testid=context] li")
+    assert items.count() == len(result["context"])
+    for i, item in enumerate(result["context"]):
+        assert str(items.nth(i).text_content()).startswith(f"{item['source']}: ")
+    context.close()
