@@ -394,10 +394,6 @@ class FeedbackAwareRetriever:
         self._last_reconcile = time.monotonic()
         return added + len(gone)
 
-    def _refresh_params_and_reconcile(self) -> int:
-        self._follow_config()
-        return self._reconcile()
-
     def _follow_config(self) -> None:
         """Apply a newly promoted config: ef at once, a new graph by background rebuild."""
         assert self._index is not None
