@@ -68,6 +68,16 @@ def test_generate_streams_prints_the_code_and_feedback_rates_it(secured_api: Sec
     assert table.returncode == 0 and job_id in table.stdout and "succeeded" in table.stdout
 
 
+def test_a_failed_generation_exits_non_zero(secured_api: SecuredApi):
+    # Longer than the tiny model's 4096-token window: the job fails before any token.
+    task = " ".join(f"w{i}q" for i in range(3000))
+    failed = codeloop(secured_api, "generate", task)
+    assert failed.returncode == 1, failed.stderr
+    assert "job failed: prompt_too_long" in failed.stderr
+    assert re.search(r"job [0-9a-f-]{36} · failed · 0 tokens", failed.stderr)
+    assert failed.stdout == ""
+
+
 def test_ctrl_c_cancels_the_generation(secured_api: SecuredApi):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CODELOOP_")}
     env.update(CODELOOP_API_URL=secured_api.url, CODELOOP_API_KEY=secured_api.key)

@@ -130,6 +130,9 @@ def test_tokens_arrive_live_and_survive_a_reload(
     page.wait_for_selector("body[data-ready=true]")
     restored = output_length(page)
     assert restored >= first
+    # The key stayed in this browser, and only there.
+    assert page.evaluate("localStorage.getItem('codeloop.apiKey')") == secured_api.key
+    assert page.get_by_test_id("api-key").input_value() == secured_api.key
     assert page.get_by_test_id("job-id").text_content() == job_id
     resumed = [u for u in page.urls if f"/jobs/{job_id}/events?" in u][-1]
     assert "last_event_id=" in resumed and "last_event_id=0" not in resumed
