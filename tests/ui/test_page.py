@@ -148,7 +148,7 @@ def test_tokens_arrive_live_and_survive_a_reload(
     # A textarea's value normalises line breaks; nothing else may differ.
     code = done["code"].replace("\r\n", "\n").replace("\r", "\n")
     assert page.get_by_test_id("code").input_value() == code
-    screenshot(page, tmp_path, "ui.png")
+    screenshot(page, tmp_path, "ui-stream.png")
 
 
 def test_stop_cancels_the_running_generation(page: Any, secured_api: SecuredApi) -> None:
@@ -223,7 +223,9 @@ def test_without_a_key_the_page_says_so(browser: Any, secured_api: SecuredApi) -
     context.close()
 
 
-def test_tool_calls_and_context_the_agent_used(browser: Any, scripted_platform: Platform) -> None:
+def test_tool_calls_and_context_the_agent_used(
+    browser: Any, scripted_platform: Platform, tmp_path: Path
+) -> None:
     """On the scripted engine the "model" calls execute_code: the page lists the call live
     and, from the result, every context item and tool call (auth off: no key needed)."""
     context = browser.new_context(base_url=scripted_platform.url)
@@ -248,4 +250,8 @@ def test_tool_calls_and_context_the_agent_used(browser: Any, scripted_platform: 
     assert items.count() == len(result["context"])
     for i, item in enumerate(result["context"]):
         assert str(items.nth(i).text_content()).startswith(f"{item['source']}: ")
+    page.get_by_test_id("code").fill("print(6 * 7)\n")
+    page.get_by_test_id("run").click()
+    page.wait_for_selector("[data-testid=run-result][data-status=ok]")
+    screenshot(page, tmp_path, "ui.png")  # the README's picture
     context.close()
