@@ -91,10 +91,13 @@ def test_optimize_retriever_end_to_end_with_progress_events(stack):
         before = http.get("/optimize/retriever").json()
         assert before["config"]["version"] == 0 and before["studies"] == []
 
-        response = http.post("/optimize/retriever", json={"n_trials": 4, "timeout_s": 60})
+        body, key = {"n_trials": 4, "timeout_s": 60}, {"Idempotency-Key": "tune-1"}
+        response = http.post("/optimize/retriever", json=body, headers=key)
         assert response.status_code == 202, response.text
         job = response.json()
         assert job["kind"] == "optimize" and response.headers["location"] == f"/jobs/{job['id']}"
+        repeat = http.post("/optimize/retriever", json=body, headers=key)
+        assert repeat.status_code == 200 and repeat.json()["id"] == job["id"]  # not a 409
         again = http.post("/optimize/retriever", json={})
         assert again.status_code == 409, again.text
         assert job["id"] in again.json()["error"]["message"]

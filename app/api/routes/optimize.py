@@ -16,12 +16,14 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
+from sqlalchemy import select
 
 from app.api.deps import OwnerDep, SessionDep
 from app.api.submit import job_response, submit_job
 from app.core import names
 from app.core.config import get_settings
 from app.core.errors import Conflict, InvalidInput
+from app.core.models import Job
 from app.core.tuning import generation_overview, open_optimize_job, retriever_overview
 
 router = APIRouter(prefix="/optimize", tags=["tuning"])
@@ -49,7 +51,11 @@ def optimize_retriever(
             f"timeout_s must be at most {cap} (the task's soft time limit less a minute)",
             detail={"field": "timeout_s", "max": cap},
         )
-    running = open_optimize_job(session)
+    key = request.headers.get("idempotency-key")
+    repeat = key is not None and session.scalar(
+        select(Job.id).where(Job.owner == owner, Job.idempotency_key == key)
+    )
+    running = None if repeat else open_optimize_job(session)  # a repeat gets its first job
     if running is not None:
         raise Conflict(
             f"a retriever study is already running: job {running.id}",
@@ -60,7 +66,7 @@ def optimize_retriever(
     with contextlib.suppress(RedisError):
         raw = request.app.state.redis_sync.get(names.TUNE_RETRIEVER_LOCK)
         holder = raw.decode() if isinstance(raw, bytes) else raw
-    if holder is not None:
+    if holder is not None and not repeat:
         raise Conflict(f"a retriever study is already running ({holder})",
                        detail={"holder": holder})  # fmt: skip
     job, created = submit_job(
