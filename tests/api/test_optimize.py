@@ -130,6 +130,7 @@ def test_optimize_retriever_end_to_end_with_progress_events(stack):
         assert overview["running_job"] is None and overview["running_lock"] is None
 
 
+@pytest.mark.slow
 def test_beat_fires_the_tuner_skips_while_locked_and_when_the_corpus_did_not_grow(stack, tmp_path):
     client = stack.redis()
     client.delete(names.TUNE_LAST_BEAT_RUN)

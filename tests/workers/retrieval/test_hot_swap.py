@@ -11,6 +11,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 from sqlalchemy import update
 
 from app.core.config import Settings
@@ -44,6 +45,7 @@ def _promote(sessions, params: dict[str, int]) -> int:
         return row.id
 
 
+@pytest.mark.slow
 def test_a_promoted_config_is_hot_swapped_while_searches_run(engine, sessions, embedder, tmp_path):
     settings = Settings(
         database_url=engine.url.render_as_string(hide_password=False),
