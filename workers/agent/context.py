@@ -49,7 +49,7 @@ class AgentMemory:
     def embed(self, text: str) -> np.ndarray:
         """The task's embedding; first, anything added to memory since the last scan
         (a knowledge item posted a moment ago) is embedded, so this task can find it."""
-        self.retriever.embed_pending()
+        self.retriever.embed_new()
         return self.retriever.embedder.encode_one(text)
 
     def context_window(
@@ -63,8 +63,17 @@ class AgentMemory:
         query: np.ndarray,
     ) -> ContextWindow:
         return self.memory.context_window(
-            task, language, project_id, token_budget=budget, owner=owner, query=query
+            task,
+            language,
+            project_id,
+            token_budget=budget,
+            owner=owner,
+            query=query,
+            record_usage=False,  # `record_usage`, after the job: not on the way to a token
         )
+
+    def record_usage(self, window: ContextWindow) -> None:
+        self.memory.record_usage(window)
 
     def reuse_candidates(
         self, query: np.ndarray, language: str, *, min_similarity: float, limit: int

@@ -92,6 +92,8 @@ def run_generation(ctx: JobContext, engine: Engine) -> dict[str, Any]:
             opts.task, opts.language, opts.project_id, budget=budget, owner=ctx.owner, query=query
         )
         memory.add_candidates(context, failed)
+        used = context
+        ctx.defer(lambda: memory.record_usage(used))
     messages = _messages(opts, context.render(), tools) if context.items else base
     return run.from_model(messages, context)
 

@@ -32,6 +32,7 @@ from workers.retrieval.ranking import EXEC_FAILED
 from workers.retrieval.retriever import FeedbackAwareRetriever, SearchHit
 
 DEFAULT_TOKEN_BUDGET = 1500
+PER_SOURCE = 6  # at most this many knowledge items, and this many generations
 MIN_KNOWLEDGE_SIMILARITY = 0.3
 MIN_GENERATION_SIMILARITY = 0.35
 DISLIKED_BELOW = 0.5  # generations rated below this (by anyone) are never shown
@@ -155,27 +156,28 @@ class CodeMemory:
             return window
         if query is None:
             query = self.retriever.embedder.encode_one(task)
+        # One search over both types (one catch-up, one SQL read), split afterwards.
+        hits = self.retriever.search_vector(
+            query, language=language, k=2 * PER_SOURCE, item_types=[KNOWLEDGE, GENERATION]
+        )
         knowledge = [
             self._from_hit(hit)
-            for hit in self.retriever.search_vector(
-                query, language=language, k=6, item_types=[KNOWLEDGE]
-            )
-            if hit.similarity >= MIN_KNOWLEDGE_SIMILARITY
-        ]
+            for hit in hits
+            if hit.item_type == KNOWLEDGE and hit.similarity >= MIN_KNOWLEDGE_SIMILARITY
+        ][:PER_SOURCE]
         generations = [
             self._from_hit(hit)
-            for hit in self.retriever.search_vector(
-                query, language=language, k=6, item_types=[GENERATION]
-            )
-            if hit.similarity >= MIN_GENERATION_SIMILARITY
+            for hit in hits
+            if hit.item_type == GENERATION
+            and hit.similarity >= MIN_GENERATION_SIMILARITY
             and not _disliked(hit)
             and hit.details.last_execution_status not in EXEC_FAILED
             and hit.details.body.strip()
-        ]
+        ][:PER_SOURCE]
         files = self._project_files(task, query, project_id, owner) if project_id else []
         self._fill(window, [files, knowledge, generations])
         if record_usage:
-            self._record_usage(window)
+            self.record_usage(window)
         return window
 
     # --- sources ---------------------------------------------------------------------------
@@ -261,7 +263,8 @@ class CodeMemory:
             text = text[: int(len(text) * 0.9)]
         return None
 
-    def _record_usage(self, window: ContextWindow) -> None:
+    def record_usage(self, window: ContextWindow) -> None:
+        """Count one use of every knowledge item and generation in the window."""
         used = [item for item in window.items if item.section in (KNOWLEDGE, GENERATION)]
         if not used:
             return

@@ -435,6 +435,13 @@ class FeedbackAwareRetriever:
         if len(self._gaps) > MAX_GAPS:
             self._gaps = dict(sorted(self._gaps.items())[-MAX_GAPS:])
 
+    def embed_new(self) -> int:
+        """`embed_pending` if anything may be pending (cheap to call before every query)."""
+        with self._sessions() as session:
+            if not store.may_have_pending(session, self.model):
+                return 0
+        return self.embed_pending()
+
     def embed_pending(self) -> int:
         """Embed items that have no embedding row yet (e.g. knowledge added via the API)."""
         if not self._pending_lock.acquire(blocking=False):
