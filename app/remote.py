@@ -172,6 +172,11 @@ class GenerationView:
             sys.stderr.flush()
 
     def set_status(self, status: str) -> None:
+        if status == "retrying" and self.status != "retrying":
+            # A worker was lost: the next attempt streams its answer from the start.
+            self.text, self.tokens, self.first_at = "", 0, None
+            if self._live is None:
+                sys.stderr.write("\n[worker lost: retrying from the start]\n")
         self.status = status
         if self._live is not None:
             self._live.update(self._render())

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
-from tests.conftest import Platform, SecuredApi
-from tests.support import missing_tool, read_events
+from tests.conftest import Platform, SecuredApi, free_port
+from tests.support import ApiServer, Worker, missing_tool, read_events
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -255,3 +257,37 @@ def test_tool_calls_and_context_the_agent_used(
     page.wait_for_selector("[data-testid=run-result][data-status=ok]")
     screenshot(page, tmp_path, "ui.png")  # the README's picture
     context.close()
+
+
+def test_a_lost_worker_restarts_the_output(browser: Any, service_env: dict, tmp_path: Path) -> None:
+    """A generate pool process killed mid-stream: the job is retried and the page shows
+    the new attempt's text (which is the result), not the dead attempt's start."""
+    api = ApiServer(service_env, free_port(), tmp_path / "api.log").wait_ready()
+    worker = Worker(service_env, "generate", 1, tmp_path / "worker.log", name="uikill@%h")
+    context = browser.new_context(base_url=api.url)
+    try:
+        worker.wait_ready()
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        page.goto("/")
+        page.wait_for_selector("body[data-ready=true]")
+        job_id = start_generation(page, 1500)
+        wait_tokens(page, 20)
+        with create_engine(service_env["CODELOOP_DATABASE_URL"]).connect() as conn:
+            holder = conn.execute(
+                text("SELECT worker FROM jobs WHERE id = :id"), {"id": job_id}
+            ).scalar_one()
+        os.kill(int(holder.split(":")[1]), signal.SIGKILL)
+        wait_status(page, "succeeded")
+        with httpx.Client(base_url=api.url, timeout=60) as http:
+            job = http.get(f"/jobs/{job_id}").json()
+            events = read_events(http, f"/jobs/{job_id}/events")
+        assert job["attempts"] == 2
+        assert [e.data["status"] for e in events if e.event == "status"] == [
+            "running", "retrying", "running",
+        ]  # fmt: skip
+        assert page.get_by_test_id("output").text_content() == job["result"]["text"]
+    finally:
+        context.close()
+        worker.stop()
+        api.stop()

@@ -154,6 +154,11 @@ function onEvent(stream, event) {
       if (current.status === "queued") setStatus("running");
       break;
     case "status":
+      if (data.status === "retrying") {
+        // A worker was lost: the next attempt streams its answer from the start.
+        current.text = "";
+        el("output").textContent = "";
+      }
       setStatus(data.status);
       if (data.result) current.result = data.result;
       break;
