@@ -159,3 +159,38 @@ def test_optimize_without_the_endpoint_says_so(secured_api: SecuredApi):
 def test_the_client_imports_no_torch():
     found = imported_after("import app.cli", ["torch", "transformers", "fastapi", "httpx"])
     assert found == {"torch": False, "transformers": False, "fastapi": False, "httpx": False}
+
+
+def test_in_a_terminal_the_status_line_is_live(secured_api: SecuredApi):
+    """stderr on a pseudo-terminal: rich redraws the text and the status line in place."""
+    import pty
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODELOOP_")}
+    env.update(CODELOOP_API_URL=secured_api.url, CODELOOP_API_KEY=secured_api.key,
+               COLUMNS="100", TERM="xterm-256color")  # fmt: skip
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [CODELOOP, "generate", "anything", "--max-tokens", "64"], env=env, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=slave,
+    )  # fmt: skip
+    os.close(slave)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    stdout = proc.communicate(timeout=60)[0].decode()
+    os.close(master)
+    assert proc.returncode == 0, drawn[-2000:]
+    screen = drawn.decode(errors="replace")
+    job_id = job_id_in(screen)
+    assert "\x1b[" in screen  # cursor movement / styling: a live display, not a log
+    assert screen.count(f"job {job_id} · ") >= 2  # the status line was redrawn as tokens came
+    assert f"job {job_id} · succeeded" in screen
+    with secured_api.client() as http:
+        code = http.get(f"/jobs/{job_id}").json()["result"]["code"]
+    assert stdout == (code if code.endswith("\n") or not code else code + "\n")
