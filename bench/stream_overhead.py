@@ -3,7 +3,9 @@
 Same model, prompt, greedy decoding and token count on both sides, measured in one run:
 (a) `generate_stream` in this process; (b) the same generation as a job, followed as SSE
 by a client, timed from the job's `status: running` event to the last token at the
-client. Reports tokens/s of both and their ratio, and the first-token delay each path
+client. The job runs with the agent's memory and tools off, so both sides decode the
+same prompt (the prompt token counts are checked). Runs alternate between the two sides.
+Reports tokens/s of both (median) and their ratio, and the first-token delay each path
 adds (p50 over the runs). Usage:
 
     python -m bench.stream_overhead [--runs 10] [--tiny-tokens 400] [--bundled-tokens 96]
@@ -18,6 +20,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +33,14 @@ from bench._stack import percentile, stack
 from tests.support import build_test_model, parse_sse
 
 TASK = "Write a Python function that parses a CSV line with quoted fields."
+Run = dict[str, float]
+# After a job the worker still indexes the generation (after `done`): let it finish
+# before the next in-process run, which would otherwise share the CPU with it.
+SETTLE_S = 1.0
 
 
-def in_process(model_id: str, tokens: int, runs: int, data_dir: Path) -> dict[str, Any]:
+def in_process_runner(model_id: str, tokens: int, data_dir: Path) -> Callable[[], Run]:
+    """Loads the model here; each call is one in-process generation."""
     import torch
 
     from workers.llm import SamplingParams, code_messages, generate_stream, load_model_with_gpu
@@ -41,75 +49,87 @@ def in_process(model_id: str, tokens: int, runs: int, data_dir: Path) -> dict[st
     loaded = load_model_with_gpu(model_id, device="cpu", data_dir=data_dir)
     messages = code_messages(TASK, "python")
     params = SamplingParams(max_new_tokens=tokens, temperature=0)
-    rates, firsts, counts = [], [], []
-    for _ in range(runs + 1):  # the first run warms up and is dropped
+
+    def run() -> Run:
         marks: list[float] = []
         started = time.perf_counter()
         outcome = generate_stream(
-            loaded, messages, params, on_text=lambda _t, m=marks: m.append(time.perf_counter())
+            loaded, messages, params, on_text=lambda _t: marks.append(time.perf_counter())
         )
-        counts.append(outcome.completion_tokens)
-        rates.append(outcome.completion_tokens / (marks[-1] - started))
-        firsts.append((marks[0] - started) * 1000)
-    return {"tokens": counts[1:], "tok_s": rates[1:], "first_ms": firsts[1:]}
+        n = outcome.completion_tokens
+        first_ms = (marks[0] - started) * 1000
+        return {"tokens": n, "prompt_tokens": outcome.prompt_tokens,
+                "tok_s": n / (marks[-1] - started), "first_ms": first_ms}  # fmt: skip
+
+    return run
 
 
-def through_api(url: str, tokens: int, runs: int) -> dict[str, Any]:
-    rates, firsts, counts, submit_firsts = [], [], [], []
+def through_api(http: httpx.Client, tokens: int) -> Run:
+    """One generation as a job, followed as SSE."""
     body = {"task": TASK, "language": "python", "max_new_tokens": tokens, "temperature": 0,
-            "stream": True}  # fmt: skip
-    with httpx.Client(base_url=url, timeout=300) as http:
-        for _ in range(runs + 1):
-            submitted = time.perf_counter()
-            running_at = first_at = last_at = None
-            done: dict[str, Any] = {}
-            with http.stream("POST", "/generate_code", json=body) as response:
-                for event in parse_sse(response.iter_lines()):
-                    now = time.perf_counter()
-                    if event.event == "status" and event.data.get("status") == "running":
-                        running_at = now
-                    elif event.event == "token":
-                        first_at = first_at or now
-                        last_at = now
-                    elif event.event == "done":
-                        done = event.data
-            assert running_at and first_at and last_at, "no tokens streamed"
-            n = done["usage"]["completion_tokens"]
-            counts.append(n)
-            rates.append(n / (last_at - running_at))
-            firsts.append((first_at - running_at) * 1000)
-            submit_firsts.append((first_at - submitted) * 1000)
-    return {"tokens": counts[1:], "tok_s": rates[1:], "first_ms": firsts[1:],
-            "submit_to_first_ms": submit_firsts[1:]}  # fmt: skip
+            "use_memory": False, "use_tools": False, "stream": True}  # fmt: skip
+    submitted = time.perf_counter()
+    running_at = first_at = last_at = None
+    done: dict[str, Any] = {}
+    with http.stream("POST", "/generate_code", json=body) as response:
+        for event in parse_sse(response.iter_lines()):
+            now = time.perf_counter()
+            if event.event == "status" and event.data.get("status") == "running":
+                running_at = now
+            elif event.event == "token":
+                first_at = first_at or now
+                last_at = now
+            elif event.event == "done":
+                done = event.data
+    assert running_at and first_at and last_at, "no tokens streamed"
+    n = done["usage"]["completion_tokens"]
+    return {"tokens": n, "prompt_tokens": done["usage"]["prompt_tokens"],
+            "tok_s": n / (last_at - running_at), "first_ms": (first_at - running_at) * 1000,
+            "submit_to_first_ms": (first_at - submitted) * 1000}  # fmt: skip
 
 
 def compare(name: str, model_id: str, tokens: int, runs: int) -> dict[str, Any]:
+    """Alternates in-process and API runs (after one warm-up each), so a machine that gets
+    busier or quieter mid-benchmark weighs on both sides alike."""
     data_dir = Path(os.environ.get("CODELOOP_DATA_DIR", "./data")).resolve()
-    local = in_process(model_id, tokens, runs, data_dir)
-    with stack(model_id, [("generate", 1)], extra_env={"CODELOOP_DATA_DIR": str(data_dir)}) as s:
+    local_run = in_process_runner(model_id, tokens, data_dir)
+    local: list[Run] = []
+    remote: list[Run] = []
+    env = {"CODELOOP_DATA_DIR": str(data_dir)}
+    with stack(model_id, [("generate", 1)], extra_env=env) as s:
         assert s.api is not None
-        remote = through_api(s.api.url, tokens, runs)
-    if local["tokens"] != remote["tokens"]:
-        print(f"  warning: token counts differ: {local['tokens']} vs {remote['tokens']}")
-    in_rate = statistics.median(local["tok_s"])
-    api_rate = statistics.median(remote["tok_s"])
-    added_first = percentile(remote["first_ms"], 50) - percentile(local["first_ms"], 50)
+        with httpx.Client(base_url=s.api.url, timeout=300) as http:
+            local_run(), through_api(http, tokens)
+            for _ in range(runs):
+                time.sleep(SETTLE_S)
+                local.append(local_run())
+                remote.append(through_api(http, tokens))
+    for key in ("tokens", "prompt_tokens"):
+        mine, theirs = [r[key] for r in local], [r[key] for r in remote]
+        if mine != theirs:
+            print(f"  warning: {key} differ: {mine} in-process vs {theirs} through the API")
+    in_rate = statistics.median(r["tok_s"] for r in local)
+    api_rate = statistics.median(r["tok_s"] for r in remote)
+    local_first = percentile([r["first_ms"] for r in local], 50)
+    remote_first = percentile([r["first_ms"] for r in remote], 50)
     figures = {
         "model": name,
-        "tokens": local["tokens"][0],
+        "tokens": local[0]["tokens"],
         "runs": runs,
         "in_process_tok_s": round(in_rate, 1),
         "api_sse_tok_s": round(api_rate, 1),
         "ratio": round(api_rate / in_rate, 3),
-        "in_process_first_token_ms_p50": round(percentile(local["first_ms"], 50), 1),
-        "api_first_token_ms_p50": round(percentile(remote["first_ms"], 50), 1),
-        "added_first_token_ms_p50": round(added_first, 1),
-        "submit_to_first_token_ms_p50": round(percentile(remote["submit_to_first_ms"], 50), 1),
+        "in_process_first_token_ms_p50": round(local_first, 1),
+        "api_first_token_ms_p50": round(remote_first, 1),
+        "added_first_token_ms_p50": round(remote_first - local_first, 1),
+        "submit_to_first_token_ms_p50": round(
+            percentile([r["submit_to_first_ms"] for r in remote], 50), 1
+        ),
     }
     print(
         f"{name:8} {figures['tokens']} tokens: in-process {in_rate:7.1f} tok/s, "
         f"API+Redis+SSE {api_rate:7.1f} tok/s, ratio {figures['ratio']:.3f}; "
-        f"first token +{added_first:.1f} ms (p50)"
+        f"first token +{remote_first - local_first:.1f} ms (p50)"
     )
     return figures
 

@@ -24,7 +24,7 @@ RETRY_FOR_S = 10.0
 # After a send, let tokens gather this long before the next one (unless someone is
 # flushing). A first token goes out at once; later ones at most this much later, in
 # fewer, larger writes: per-call cost, not bytes, is what a fast model pays for.
-LINGER_S = 0.004
+LINGER_S = 0.010
 
 
 class EventPumpError(RuntimeError):

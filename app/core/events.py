@@ -91,13 +91,14 @@ def split_message(raw: bytes) -> list[WireEvent]:
 
 # KEYS: seq, stream, progress
 # ARGV: maxlen, ttl, channel, progress-or-"", then (type, data-json) pairs
-# One XADD per event (replay is by id), one PUBLISH per call (live delivery pays per
-# message, not per event).
+# One INCRBY and one PUBLISH per call (live delivery pays per message, not per event),
+# one XADD per event (replay is by id).
 _APPEND_LUA = """
 local seqs = {}
 local payloads = {}
+local seq = redis.call('INCRBY', KEYS[1], (#ARGV - 4) / 2) - (#ARGV - 4) / 2
 for i = 5, #ARGV, 2 do
-  local seq = redis.call('INCR', KEYS[1])
+  seq = seq + 1
   local payload = '{"seq":' .. seq .. ',"type":"' .. ARGV[i] .. '","data":' .. ARGV[i + 1] .. '}'
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], seq .. '-0', 'e', payload)
   payloads[#payloads + 1] = payload
