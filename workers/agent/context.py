@@ -17,8 +17,8 @@ from workers.agent.reuse import ReuseCandidate, reuse_candidates
 from workers.retrieval.memory import CodeMemory, ContextItem, ContextWindow
 from workers.retrieval.retriever import FeedbackAwareRetriever
 
-# What wrapping the context into the user turn costs (heading, tags), with room to spare.
-CONTEXT_OVERHEAD_TOKENS = 48
+# Section headings between items, and tokens merging differently at item boundaries.
+CONTEXT_MARGIN_TOKENS = 64
 
 _lock = threading.Lock()
 _memory: CodeMemory | None = None
@@ -99,10 +99,21 @@ class AgentMemory:
                 left -= tokens
 
 
-def context_budget(engine: Engine, base: Messages, requested: int, max_new_tokens: int) -> int:
-    """The context tokens that fit: what was asked, less than the window leaves free."""
+def context_budget(
+    engine: Engine,
+    render: Callable[[str | None], Messages],
+    requested: int,
+    max_new_tokens: int,
+) -> int:
+    """The context tokens that fit: what was asked, less than the window leaves free.
+
+    `render(context)` builds the prompt around a context text (`render(None)`: none);
+    what the wrapping costs is measured with the model's tokenizer, not guessed.
+    """
     window = engine.context_window
     if window is None:
         return requested
-    room = window - engine.prompt_tokens(base) - max_new_tokens - CONTEXT_OVERHEAD_TOKENS
+    base = engine.prompt_tokens(render(None))
+    wrapping = engine.prompt_tokens(render("x")) - base
+    room = window - base - wrapping - max_new_tokens - CONTEXT_MARGIN_TOKENS
     return max(0, min(requested, room))

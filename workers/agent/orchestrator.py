@@ -75,7 +75,11 @@ def run_generation(ctx: JobContext, engine: Engine) -> dict[str, Any]:
 
     tools = [TOOLS[name].describe() for name in sorted(runner.server_tools)]
     tools += [_describe_client_tool(tool) for tool in opts.client_tools]
-    base = _messages(opts, None, tools)
+
+    def render(context: str | None) -> Messages:
+        return _messages(opts, context, tools)
+
+    base = render(None)
     window = engine.context_window
     if window is not None and engine.prompt_tokens(base) >= window:
         raise JobFailed(
@@ -86,7 +90,7 @@ def run_generation(ctx: JobContext, engine: Engine) -> dict[str, Any]:
     context = ContextWindow(opts.task, opts.language, 0)
     if memory is not None and query is not None:
         budget = context_budget(
-            engine, base, opts.context_budget_tokens, opts.sampling.max_new_tokens
+            engine, render, opts.context_budget_tokens, opts.sampling.max_new_tokens
         )
         context = memory.context_window(
             opts.task, opts.language, opts.project_id, budget=budget, owner=ctx.owner, query=query
@@ -94,7 +98,7 @@ def run_generation(ctx: JobContext, engine: Engine) -> dict[str, Any]:
         memory.add_candidates(context, failed)
         used = context
         ctx.defer(lambda: memory.record_usage(used))
-    messages = _messages(opts, context.render(), tools) if context.items else base
+    messages = render(context.render()) if context.items else base
     return run.from_model(messages, context)
 
 
