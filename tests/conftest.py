@@ -170,6 +170,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_test_model(tmp_path_factory.mktemp("tiny-model"))
 
 
+@pytest.fixture(scope="session")
+def bundled_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir shared by the bundled-model tests: the GGUF is converted once."""
+    return tmp_path_factory.mktemp("bundled-data")
+
+
 @pytest.fixture
 def service_env(
     redis_url: str, sqlite_url: str, tmp_path: Path, tiny_model_dir: Path,

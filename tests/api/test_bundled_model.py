@@ -11,11 +11,6 @@ from tests.support import ApiServer, Worker, parse_sse
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def bundled_data_dir(tmp_path_factory: pytest.TempPathFactory):
-    return tmp_path_factory.mktemp("bundled-data")
-
-
 def test_bundled_model_streams_python_code(service_env, tmp_path, bundled_data_dir):
     env = {**service_env, "CODELOOP_MODEL_ID": "bundled",
            "CODELOOP_DATA_DIR": str(bundled_data_dir)}  # fmt: skip
@@ -31,9 +26,10 @@ def test_bundled_model_streams_python_code(service_env, tmp_path, bundled_data_d
             "temperature": 0,
             "stream": True,
         }
-        with httpx.Client(base_url=api.url, timeout=300) as http, http.stream(
-            "POST", "/generate_code", json=body
-        ) as response:
+        with (
+            httpx.Client(base_url=api.url, timeout=300) as http,
+            http.stream("POST", "/generate_code", json=body) as response,
+        ):
             events = list(parse_sse(response.iter_lines()))
     finally:
         api.stop()
