@@ -66,7 +66,9 @@ def run_generation(ctx: JobContext, engine: Engine) -> dict[str, Any]:
             min_similarity=settings.agent_reuse_min_similarity,
             limit=settings.agent_reuse_candidates,
         ):
-            checked = verify(runner, opts.language, candidate.code, opts.tests, generation_id=None)
+            checked = verify(
+                runner, opts.language, candidate.code, opts.tests, generation_id=generation_id
+            )
             if checked.passed:
                 return run.from_memory(candidate, checked)
             failed.append(candidate)
@@ -81,11 +83,10 @@ def run_generation(ctx: JobContext, engine: Engine) -> dict[str, Any]:
 
     base = render(None)
     window = engine.context_window
-    if window is not None and engine.prompt_tokens(base) >= window:
+    if window is not None and (needed := engine.prompt_tokens(base)) >= window:
         raise JobFailed(
             "prompt_too_long",
-            f"the request is {engine.prompt_tokens(base)} tokens; {engine.model_id} reads "
-            f"at most {window}",
+            f"the request is {needed} tokens; {engine.model_id} reads at most {window}",
         )
     context = ContextWindow(opts.task, opts.language, 0)
     if memory is not None and query is not None:
