@@ -2,11 +2,12 @@
 
 Same model, prompt, greedy decoding and token count on both sides, measured in one run:
 (a) `generate_stream` in this process; (b) the same generation as a job, followed as SSE
-by a client, timed from the job's `status: running` event to the last token at the
-client. The job runs with the agent's memory and tools off, so both sides decode the
-same prompt (the prompt token counts are checked). Runs alternate between the two sides.
-Reports tokens/s of both (median) and their ratio, and the first-token delay each path
-adds (p50 over the runs). Usage:
+by a client. Both are timed from their first token to their last (at the client for
+b): tokens/s = (completion_tokens - 1) / that span, so neither includes the prompt's
+prefill (a job's `running` event may travel in one write with its first token). The job
+runs with the agent's memory and tools off, so both sides decode the same prompt (the
+prompt token counts are checked). Runs alternate between the two sides. Reports tokens/s
+of both (median) and their ratio, and the first-token delay each path adds (p50). Usage:
 
     python -m bench.stream_overhead [--runs 10] [--tiny-tokens 400] [--bundled-tokens 96]
                                     [--skip-bundled]
@@ -59,7 +60,7 @@ def in_process_runner(model_id: str, tokens: int, data_dir: Path) -> Callable[[]
         n = outcome.completion_tokens
         first_ms = (marks[0] - started) * 1000
         return {"tokens": n, "prompt_tokens": outcome.prompt_tokens,
-                "tok_s": n / (marks[-1] - started), "first_ms": first_ms}  # fmt: skip
+                "tok_s": (n - 1) / (marks[-1] - marks[0]), "first_ms": first_ms}  # fmt: skip
 
     return run
 
@@ -84,7 +85,7 @@ def through_api(http: httpx.Client, tokens: int) -> Run:
     assert running_at and first_at and last_at, "no tokens streamed"
     n = done["usage"]["completion_tokens"]
     return {"tokens": n, "prompt_tokens": done["usage"]["prompt_tokens"],
-            "tok_s": n / (last_at - running_at), "first_ms": (first_at - running_at) * 1000,
+            "tok_s": (n - 1) / (last_at - first_at), "first_ms": (first_at - running_at) * 1000,
             "submit_to_first_ms": (first_at - submitted) * 1000}  # fmt: skip
 
 
