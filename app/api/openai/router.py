@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.deps import AsyncRedisDep, HubDep, OwnerDep
@@ -75,6 +76,9 @@ class OpenAIRoute(APIRoute):
                 return openai_error(400, exc.message, param=exc.param, code=exc.code)
             except ApiError as exc:
                 return openai_error(exc.status_code, exc.message, headers=exc.headers or None)
+            except (RedisError, TimeoutError) as exc:
+                log.warning("OpenAI surface: Redis unavailable: %s", exc)
+                return openai_error(503, "the service is unavailable, try again shortly")
             except StarletteHTTPException as exc:
                 headers = dict(exc.headers) if exc.headers else None
                 return openai_error(exc.status_code, str(exc.detail), headers=headers)

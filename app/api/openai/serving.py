@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from celery import Celery
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
+from redis.exceptions import RedisError
 
 from app.api.cancel import cancel_job
 from app.api.event_hub import Batch, EventHub
@@ -201,6 +202,15 @@ class Completion:
                     out.append(chunks.content("".join(text)))
                 if out:
                     yield b"".join(out)
+        except (RedisError, TimeoutError) as exc:  # the stream began: say so in-band
+            log.warning("chat completion %s lost its events: %s", self.job_id, exc)
+            yield chunks.error(
+                error_body(
+                    "the job's events are unavailable; it goes on, see its job",
+                    "server_error",
+                    code="service_unavailable",
+                )
+            )
         finally:
             if not finished:
                 await self.cancel()
