@@ -17,7 +17,7 @@ per call on SQLite (a pinned request; a trial's serving, one conditional UPDATE;
 tuned default, cached), with the teller having asked a real journal-backed study.
 
 Usage: python -m bench.tuning [--sizes synthetic=100000,code=10000] [--trials 40]
-       [--timeout 480] [--threads 2] [--target 0.98]
+       [--timeout 420] [--threads 2] [--target 0.98]
 Prints its figures, then one JSON line.
 """
 
@@ -152,7 +152,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="synthetic=100000,code=10000")
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--trials", type=int, default=40)
-    parser.add_argument("--timeout", type=float, default=480.0)
+    parser.add_argument("--timeout", type=float, default=420.0, help="trial budget (s)")
     parser.add_argument("--threads", type=int, default=2, help="hnswlib build/recall threads")
     parser.add_argument("--target", type=float, default=0.98)
     parser.add_argument("--data-dir", type=Path, default=Path("data/bench"))
