@@ -2,12 +2,13 @@
 
 Same model, prompt, greedy decoding and token count on both sides, measured in one run:
 (a) `generate_stream` in this process; (b) the same generation as a job, followed as SSE
-by a client. Both are timed from their first token to their last (at the client for
-b): tokens/s = (completion_tokens - 1) / that span, so neither includes the prompt's
-prefill (a job's `running` event may travel in one write with its first token). The job
-runs with the agent's memory and tools off, so both sides decode the same prompt (the
-prompt token counts are checked). Runs alternate between the two sides. Reports tokens/s
-of both (median) and their ratio, and the first-token delay each path adds (p50). Usage:
+by a client. (a) is timed from the call to its last token; (b) from the moment the
+worker started the job (its `started_at`) to the last token at the client, so the
+service's own work (claim, prompt, events, relay) counts and a client that the OS
+schedules late cannot shorten the span. The job runs with the agent's memory and tools
+off, so both sides decode the same prompt (the prompt token counts are checked). Runs
+alternate between the two sides. Reports tokens/s of both (median) and their ratio,
+and the first-token delay the service adds (p50). Usage:
 
     python -m bench.stream_overhead [--runs 10] [--tiny-tokens 400] [--bundled-tokens 96]
                                     [--skip-bundled]
@@ -22,6 +23,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,32 +62,33 @@ def in_process_runner(model_id: str, tokens: int, data_dir: Path) -> Callable[[]
         n = outcome.completion_tokens
         first_ms = (marks[0] - started) * 1000
         return {"tokens": n, "prompt_tokens": outcome.prompt_tokens,
-                "tok_s": (n - 1) / (marks[-1] - marks[0]), "first_ms": first_ms}  # fmt: skip
+                "tok_s": n / (marks[-1] - started), "first_ms": first_ms}  # fmt: skip
 
     return run
 
 
 def through_api(http: httpx.Client, tokens: int) -> Run:
-    """One generation as a job, followed as SSE."""
+    """One generation as a job, followed as SSE (wall clock: the worker's `started_at`
+    and this client share the machine's clock)."""
     body = {"task": TASK, "language": "python", "max_new_tokens": tokens, "temperature": 0,
             "use_memory": False, "use_tools": False, "stream": True}  # fmt: skip
-    submitted = time.perf_counter()
-    running_at = first_at = last_at = None
+    submitted = time.time()
+    first_at = last_at = 0.0
     done: dict[str, Any] = {}
     with http.stream("POST", "/generate_code", json=body) as response:
+        job_id = response.headers["x-job-id"]
         for event in parse_sse(response.iter_lines()):
-            now = time.perf_counter()
-            if event.event == "status" and event.data.get("status") == "running":
-                running_at = now
-            elif event.event == "token":
-                first_at = first_at or now
-                last_at = now
+            if event.event == "token":
+                last_at = time.time()
+                first_at = first_at or last_at
             elif event.event == "done":
                 done = event.data
-    assert running_at and first_at and last_at, "no tokens streamed"
+    assert first_at and last_at, "no tokens streamed"
+    started = datetime.fromisoformat(http.get(f"/jobs/{job_id}").json()["started_at"])
+    began = started.timestamp()
     n = done["usage"]["completion_tokens"]
     return {"tokens": n, "prompt_tokens": done["usage"]["prompt_tokens"],
-            "tok_s": (n - 1) / (last_at - first_at), "first_ms": (first_at - running_at) * 1000,
+            "tok_s": n / (last_at - began), "first_ms": (first_at - began) * 1000,
             "submit_to_first_ms": (first_at - submitted) * 1000}  # fmt: skip
 
 
