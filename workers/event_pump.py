@@ -2,6 +2,9 @@
 
 Whatever queued up while the previous batch was in flight goes out as the next batch,
 in one round trip (`EventWriter.emit_many`). Order is kept (one FIFO, one sender).
+A batch is retried after a connection error under the id it first went with, so one
+whose first try ran but lost its reply is not appended twice. A `Fenced` write (the
+run lost its lease) is never retried.
 `flush` blocks until everything queued so far is in Redis; the job runner flushes
 before it writes a final state to SQL, so `done` always comes after the last token.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from typing import Any
 
@@ -94,9 +98,10 @@ class EventPump:
         progress = next((p for _t, _d, p in reversed(batch) if p is not None), None)
         events = [(type_, data) for type_, data, _p in batch]
         deadline = time.monotonic() + RETRY_FOR_S
+        batch_id = uuid.uuid4().hex  # the same id on every retry: appended once at most
         while True:
             try:
-                self._writer.emit_many(events, progress_tokens=progress)
+                self._writer.emit_many(events, progress_tokens=progress, batch_id=batch_id)
                 return
             except redis.ConnectionError as exc:  # a blip: retry the same batch, in order
                 if time.monotonic() > deadline:

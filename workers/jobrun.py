@@ -2,9 +2,9 @@
 
 A job may be delivered more than once (a lost worker's message is re-queued, the
 reconciler re-sends, the broker redelivers). Exactly one delivery runs it: the one that
-holds the job's Redis *lease*. The lease is a short-TTL key refreshed by a watcher
-thread, so it disappears within `lease_ttl_s` of its holder dying; a holder on this
-host whose pid is gone is taken over at once (a SIGKILLed pool process).
+holds the job's Redis *lease* (`workers/lease.py`). Every write of a run is fenced: SQL
+by its attempt, events by its lease token; a run whose lease is lost stops and writes
+nothing (the reconciler re-sends the job).
 
 Final states are written to SQL first, then announced as events, so a client that
 sees `done` can always read the finished job.
@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,34 +26,14 @@ from celery.exceptions import SoftTimeLimitExceeded
 from app.core import metrics, names
 from app.core.config import get_settings
 from app.core.db import session_scope
-from app.core.events import EventWriter
+from app.core.events import EventWriter, Fenced
 from app.core.jobs import transition
 from app.core.models import Job, utcnow
 from workers.event_pump import EventPump, EventPumpError
+from workers.lease import Lease
 from workers.runtime import get_redis, worker_identity
 
 log = logging.getLogger(__name__)
-
-# Refresh the lease only if we still hold it; re-take it if Redis lost it.
-_REFRESH_LUA = """
-local v = redis.call('GET', KEYS[1])
-if v == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-if not v then return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) and 1 or 0 end
-return 0
-"""
-_RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-_TAKEOVER_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) and 1 or 0
-end
-return 0
-"""
-
-
-CANCEL_MESSAGE = b"cancel"
 
 
 class JobFailed(Exception):
@@ -79,6 +57,8 @@ class JobContext:
     queued_at: Any
     events: EventWriter
     cancelled: threading.Event = field(default_factory=threading.Event)
+    # Set once this run's lease is gone: it stops and writes nothing more.
+    lost: threading.Event = field(default_factory=threading.Event)
     pump: EventPump | None = None
     deferred: list[Callable[[], None]] = field(default_factory=list)
     # For /metrics (app/core/metrics.py): when the handler started, when each token left.
@@ -107,101 +87,17 @@ class JobContext:
             self.pump.close()
 
 
-class Lease:
-    """The right to run one job; its watcher thread also listens for cancellation."""
-
-    def __init__(self, client: redis.Redis, job_id: str, value: str, ttl_s: float) -> None:
-        self.client = client
-        self.job_id = job_id
-        self.value = value
-        self.ttl_ms = int(ttl_s * 1000)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @classmethod
-    def acquire(cls, client: redis.Redis, job_id: str, ttl_s: float) -> Lease | None:
-        key = names.lease_key(job_id)
-        value = f"{worker_identity()}:{uuid.uuid4().hex[:8]}"
-        ttl_ms = int(ttl_s * 1000)
-        if client.set(key, value, nx=True, px=ttl_ms):
-            return cls(client, job_id, value, ttl_s)
-        raw = client.get(key)
-        holder = raw.decode() if isinstance(raw, bytes) else raw
-        if (
-            holder is not None
-            and _holder_is_dead_here(holder)
-            and client.eval(_TAKEOVER_LUA, 1, key, holder, value, ttl_ms)
-        ):
-            log.warning("job %s: took over the lease of dead %s", job_id, holder)
-            return cls(client, job_id, value, ttl_s)
-        return None
-
-    def watch(self, cancelled: threading.Event) -> None:
-        self._thread = threading.Thread(
-            target=self._run, args=(cancelled,), name=f"lease-{self.job_id[:8]}", daemon=True
-        )
-        self._thread.start()
-
-    def _run(self, cancelled: threading.Event) -> None:
-        interval = self.ttl_ms / 3000
-        key = names.lease_key(self.job_id)
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        try:
-            pubsub.subscribe(names.cancel_channel(self.job_id))
-            if self.client.exists(names.cancel_flag_key(self.job_id)):
-                cancelled.set()
-            next_refresh = time.monotonic() + interval
-            while not self._stop.is_set():
-                try:
-                    message = pubsub.get_message(timeout=max(0.0, next_refresh - time.monotonic()))
-                    if message is not None and message["data"] == CANCEL_MESSAGE:
-                        cancelled.set()
-                    if self._stop.is_set():
-                        break
-                    if time.monotonic() >= next_refresh:
-                        self.client.eval(_REFRESH_LUA, 1, key, self.value, self.ttl_ms)
-                        next_refresh = time.monotonic() + interval
-                except redis.RedisError as exc:
-                    log.warning("job %s: lease refresh failed: %s", self.job_id, exc)
-                    self._stop.wait(interval)
-        finally:
-            pubsub.close()
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            # Wake the watcher out of its blocking read so the task returns at once.
-            with contextlib.suppress(redis.RedisError):
-                self.client.publish(names.cancel_channel(self.job_id), b"release")
-            self._thread.join(timeout=5)
-        try:
-            self.client.eval(_RELEASE_LUA, 1, names.lease_key(self.job_id), self.value)
-        except redis.RedisError as exc:
-            log.warning("job %s: lease release failed: %s", self.job_id, exc)
-
-
-def _holder_is_dead_here(holder: str) -> bool:
-    host, _, rest = holder.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != worker_identity().partition(":")[0] or not pid_text.isdigit():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def _writer(client: redis.Redis, job_id: str) -> EventWriter:
+def _writer(client: redis.Redis, job_id: str, lease: Lease) -> EventWriter:
     settings = get_settings()
-    return EventWriter(client, job_id, maxlen=settings.stream_maxlen, ttl_s=settings.stream_ttl_s)
+    return EventWriter(
+        client, job_id, maxlen=settings.stream_maxlen, ttl_s=settings.stream_ttl_s,
+        lease_token=lease.token,
+    )  # fmt: skip
 
 
-def _claim(client: redis.Redis, job_id: str) -> JobContext | None:
+def _claim(client: redis.Redis, job_id: str, lease: Lease) -> JobContext | None:
     settings = get_settings()
-    writer = _writer(client, job_id)
+    writer = _writer(client, job_id, lease)
     with session_scope() as session:
         job = session.get(Job, job_id)
         if job is None:
@@ -222,16 +118,18 @@ def _claim(client: redis.Redis, job_id: str) -> JobContext | None:
                 job_id,
                 from_statuses=(previous,),
                 status=names.FAILED,
+                attempt=job.attempts,
                 error=error,
                 finished_at=utcnow(),
             ):
-                writer.emit("error", error)
+                writer.unfenced().emit("error", error)
             return None
         won = transition(
             session,
             job_id,
             from_statuses=(previous,),
             status=names.RUNNING,
+            attempt=job.attempts,  # the attempt seen: two claims cannot both win
             attempts=attempt,
             started_at=job.started_at or utcnow(),
             worker=worker_identity(),
@@ -246,18 +144,23 @@ def _claim(client: redis.Redis, job_id: str) -> JobContext | None:
             attempt=attempt,
             queued_at=job.created_at,
             events=writer,
+            lost=lease.lost,
         )
     writer.emit("status", {"status": names.RUNNING, "attempt": attempt})
     return ctx
 
 
 def _finish(ctx: JobContext, status: str, **values: Any) -> bool:
+    """Write the final state, fenced by this run's attempt; False if the job is not ours."""
+    if ctx.lost.is_set():
+        return False
     with session_scope() as session:
         return transition(
             session,
             ctx.job_id,
             from_statuses=(names.RUNNING,),
             status=status,
+            attempt=ctx.attempt,
             finished_at=utcnow(),
             **values,
         )
@@ -300,7 +203,11 @@ def run_job(job_id: str, handler: Callable[[JobContext], dict[str, Any]]) -> Non
         log.info("job %s: running elsewhere; duplicate delivery dropped", job_id)
         return
     try:
-        ctx = _claim(client, job_id)
+        try:
+            ctx = _claim(client, job_id, lease)
+        except Fenced:
+            log.warning("job %s: lease lost while claiming; left to the reconciler", job_id)
+            return
         if ctx is None:
             return
         lease.watch(ctx.cancelled)
@@ -309,20 +216,25 @@ def run_job(job_id: str, handler: Callable[[JobContext], dict[str, Any]]) -> Non
         finally:
             ctx.close()
         _record_metrics(client, ctx, status, result)
-        for fn in ctx.deferred:
+        if status == LOST:
+            _hand_back(client, ctx)
+        for fn in ctx.deferred if status != LOST else ():
             try:
                 fn()
             except Exception:
                 log.exception("job %s: deferred work failed", job_id)
     finally:
         lease.release()
-        client.delete(names.dispatch_marker_key(job_id))
+        with contextlib.suppress(redis.RedisError):
+            client.delete(names.dispatch_marker_key(job_id))
 
 
 def _record_metrics(
     client: redis.Redis, ctx: JobContext, status: str, result: dict[str, Any] | None
 ) -> None:
     """One pipeline per job, after its final state: never on the token path, never fatal."""
+    if status == LOST:  # not an end: the job runs again elsewhere
+        return
     figures = metrics.JobFigures(
         kind=ctx.kind, status=status, result=result, queued_at=ctx.queued_at,
         claimed_at=ctx.claimed_at, started=ctx.started, token_times=ctx.token_times,
@@ -350,18 +262,51 @@ def _run_claimed(
             error = {"type": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
         with contextlib.suppress(EventPumpError):
             ctx.flush()  # the tokens before the failure still precede the error event
+        if _caused_by(exc, Fenced):
+            ctx.lost.set()
+        if ctx.lost.is_set():
+            return LOST, None
         if _finish(ctx, names.FAILED, error=error):
-            ctx.events.emit("error", error)
+            ctx.events.unfenced().emit("error", error)
         return names.FAILED, None
+    if ctx.lost.is_set():  # it stopped because its lease went: not a cancel, not a result
+        return LOST, None
+    # The final state is SQL's (fenced by attempt); its event follows whatever the lease does.
     if ctx.cancelled.is_set():
         if _finish(ctx, names.CANCELLED, result=result, progress_tokens=_tokens(result)):
-            ctx.events.emit(
+            ctx.events.unfenced().emit(
                 "status", {"status": names.CANCELLED, "attempt": ctx.attempt, "result": result}
             )
         return names.CANCELLED, result
     if _finish(ctx, names.SUCCEEDED, result=result, progress_tokens=_tokens(result)):
-        ctx.events.emit("done", result)
+        ctx.events.unfenced().emit("done", result)
     return names.SUCCEEDED, result
+
+
+LOST = "lost"  # how a run that lost its lease ended (for metrics; SQL is left alone)
+
+
+def _hand_back(client: redis.Redis, ctx: JobContext) -> None:
+    """A run that lost its lease re-sends its job at once (if nobody moved it already)
+    instead of leaving it `running` until the reconciler's next pass."""
+    from workers.celery_app import celery_app
+    from workers.reconcile import requeue_lost_run
+
+    try:
+        with session_scope() as session:
+            job = session.get(Job, ctx.job_id)
+            if job is not None and job.status == names.RUNNING and job.attempts == ctx.attempt:
+                requeue_lost_run(session, client, celery_app, get_settings(), job)
+    except Exception as exc:  # Redis or the broker still away: the reconciler will do it
+        log.warning("job %s: not handed back (%s); left to the reconciler", ctx.job_id, exc)
+
+
+def _caused_by(exc: BaseException | None, kind: type[BaseException]) -> bool:
+    while exc is not None:
+        if isinstance(exc, kind):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _tokens(result: dict[str, Any]) -> int:

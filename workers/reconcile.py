@@ -4,9 +4,12 @@ Run by beat every `reconcile_interval_s`. Two repairs:
 - a `queued`/`retrying` job whose dispatch marker is gone had its message lost with
   Redis' data (a restart without persistence, a flush): send it again;
 - a `running` job with no lease lost its worker (a whole machine died, say): mark it
-  `retrying` and send it again, or fail it once its attempts are spent.
+  `retrying` and send it again, or fail it once its attempts are spent
+  (`requeue_lost_run`, which a run that notices its own lease gone calls at once).
 A re-sent job that turns out to be still queued or running is harmless: the lease lets
-only one delivery run it.
+only one delivery run it. Both repairs are fenced by the attempt the reconciler saw, so
+a worker that claimed or finished the job meanwhile wins, and a runner that comes back
+after losing its lease finds its attempt gone (`jobs.transition`).
 """
 
 from __future__ import annotations
@@ -50,28 +53,44 @@ def reconcile_once(
     for job in running:
         if client.exists(names.lease_key(job.id)):
             continue
-        writer = EventWriter(
-            client, job.id, maxlen=settings.stream_maxlen, ttl_s=settings.stream_ttl_s
-        )
-        if job.attempts >= settings.job_max_attempts:
-            error = {
-                "type": "worker_lost",
-                "message": f"the worker running this job was lost {job.attempts} times",
-            }
-            if transition(
-                session,
-                job.id,
-                from_statuses=(names.RUNNING,),
-                status=names.FAILED,
-                error=error,
-                finished_at=now,
-            ):
-                writer.emit("error", error)
-                counts["failed"] += 1
-            continue
-        if transition(session, job.id, from_statuses=(names.RUNNING,), status=names.RETRYING):
-            log.warning("job %s: worker lost; retrying", job.id)
-            writer.emit("status", {"status": names.RETRYING, "attempt": job.attempts})
-            dispatch(session, celery, client, job, settings.result_ttl_s)
-            counts["retried"] += 1
+        outcome = requeue_lost_run(session, client, celery, settings, job)
+        if outcome is not None:
+            counts[outcome] += 1
     return counts
+
+
+def requeue_lost_run(
+    session: Session, client: redis.Redis, celery: Celery, settings: Settings, job: Job
+) -> str | None:
+    """A running job whose runner lost its lease: `retrying` and sent again ("retried"),
+    or failed once its attempts are spent ("failed"); None if someone else moved first.
+
+    Fenced by the attempt seen, so it is safe from anyone: the reconciler, or the run
+    that noticed its own lease gone (`workers/jobrun.py`)."""
+    writer = EventWriter(client, job.id, maxlen=settings.stream_maxlen, ttl_s=settings.stream_ttl_s)
+    if job.attempts >= settings.job_max_attempts:
+        error = {
+            "type": "worker_lost",
+            "message": f"the worker running this job was lost {job.attempts} times",
+        }
+        if not transition(
+            session,
+            job.id,
+            from_statuses=(names.RUNNING,),
+            status=names.FAILED,
+            attempt=job.attempts,
+            error=error,
+            finished_at=utcnow(),
+        ):
+            return None
+        writer.emit("error", error)
+        return "failed"
+    if not transition(
+        session, job.id, from_statuses=(names.RUNNING,), status=names.RETRYING,
+        attempt=job.attempts,
+    ):  # fmt: skip
+        return None
+    log.warning("job %s: worker lost; retrying", job.id)
+    writer.emit("status", {"status": names.RETRYING, "attempt": job.attempts})
+    dispatch(session, celery, client, job, settings.result_ttl_s)
+    return "retried"

@@ -15,6 +15,7 @@ message (payloads joined by newlines, which JSON text never contains).
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,15 +90,34 @@ def split_message(raw: bytes) -> list[WireEvent]:
     return [WireEvent.parse(payload) for payload in raw.split(b"\n")]
 
 
-# KEYS: seq, stream, progress
-# ARGV: maxlen, ttl, channel, progress-or-"", then (type, data-json) pairs
+# KEYS: seq, stream, progress, batches, lease, epoch
+# ARGV: maxlen, ttl, channel, progress-or-"", batch-id-or-"", lease-token-or-"", epoch,
+#       then (type, data-json) pairs
 # One INCRBY and one PUBLISH per call (live delivery pays per message, not per event),
-# one XADD per event (replay is by id).
+# one XADD per event (replay is by id). A batch id already seen returns its first
+# seqs again and writes nothing (a retry whose first try ran but lost its reply). A
+# lease token that no longer holds the lease refuses the write (a run that lost its
+# job). A new counter gets a new epoch: the relay's sign that Redis lost the job's log.
 _APPEND_LUA = """
+local n = (#ARGV - 7) / 2
+if ARGV[5] ~= '' then
+  local first = redis.call('HGET', KEYS[4], ARGV[5])
+  if first then
+    local again = {}
+    for i = 0, n - 1 do again[#again + 1] = tonumber(first) + i end
+    return again
+  end
+end
+if ARGV[6] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[6] then
+  return redis.error_reply('FENCED this run no longer holds the job lease')
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('SET', KEYS[6], ARGV[7], 'EX', ARGV[2])
+end
 local seqs = {}
 local payloads = {}
-local seq = redis.call('INCRBY', KEYS[1], (#ARGV - 4) / 2) - (#ARGV - 4) / 2
-for i = 5, #ARGV, 2 do
+local seq = redis.call('INCRBY', KEYS[1], n) - n
+for i = 8, #ARGV, 2 do
   seq = seq + 1
   local payload = '{"seq":' .. seq .. ',"type":"' .. ARGV[i] .. '","data":' .. ARGV[i + 1] .. '}'
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], seq .. '-0', 'e', payload)
@@ -107,8 +127,13 @@ end
 if #payloads > 0 then
   redis.call('PUBLISH', ARGV[3], table.concat(payloads, '\\n'))
 end
+if ARGV[5] ~= '' and n > 0 then
+  redis.call('HSET', KEYS[4], ARGV[5], seqs[1])
+  redis.call('EXPIRE', KEYS[4], ARGV[2])
+end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[6], ARGV[2])
 if ARGV[4] ~= '' then
   redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[2])
 end
@@ -116,55 +141,125 @@ return seqs
 """
 
 
+class Fenced(RuntimeError):
+    """The write was refused: the run that made it no longer holds the job's lease."""
+
+
 class EventWriter:
     """Appends a job's events (worker side, synchronous). Several events may go in one
-    call (`emit_many`): one round trip to Redis however many tokens are waiting."""
+    call (`emit_many`): one round trip to Redis however many tokens are waiting.
 
-    def __init__(self, client: redis.Redis, job_id: str, *, maxlen: int, ttl_s: int) -> None:
+    A runner's writer carries its lease token (`lease_token`): once the lease is lost,
+    every append raises `Fenced` and writes nothing. Writers that act on SQL's word (a
+    final state just won, the reconciler, a cancel) carry none."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        job_id: str,
+        *,
+        maxlen: int,
+        ttl_s: int,
+        lease_token: str | None = None,
+    ) -> None:
+        self._client = client
+        self._job_id = job_id
         self._keys = [
             names.event_seq_key(job_id),
             names.events_stream_key(job_id),
             names.progress_key(job_id),
+            names.event_batches_key(job_id),
+            names.lease_key(job_id),
+            names.event_epoch_key(job_id),
         ]
         self._channel = names.events_channel(job_id)
         self._maxlen = maxlen
         self._ttl = ttl_s
+        self._lease_token = lease_token
+        self._epoch = uuid.uuid4().hex[:12]
         self._script = client.register_script(_APPEND_LUA)
+
+    def unfenced(self) -> EventWriter:
+        """The same job's writer without the lease check (for what SQL already decided)."""
+        return EventWriter(self._client, self._job_id, maxlen=self._maxlen, ttl_s=self._ttl)
 
     def emit(self, type_: str, data: dict[str, Any], *, progress_tokens: int | None = None) -> int:
         return self.emit_many([(type_, data)], progress_tokens=progress_tokens)[0]
 
     def emit_many(
-        self, events: list[tuple[str, dict[str, Any]]], *, progress_tokens: int | None = None
+        self,
+        events: list[tuple[str, dict[str, Any]]],
+        *,
+        progress_tokens: int | None = None,
+        batch_id: str | None = None,
     ) -> list[int]:
+        """Append in order; the same `batch_id` again appends nothing and returns the
+        seqs it got the first time (so a retry after a lost reply is harmless)."""
         args: list[Any] = [
             self._maxlen, self._ttl, self._channel,
             "" if progress_tokens is None else str(progress_tokens),
+            batch_id or "", self._lease_token or "", self._epoch,
         ]  # fmt: skip
         for type_, data in events:
             if type_ not in EVENT_TYPES:
                 raise ValueError(f"unknown event type {type_!r}")
             args += [type_, encode_data(data)]
-        return [int(seq) for seq in self._script(keys=self._keys, args=args)]
+        try:
+            reply = self._script(keys=self._keys, args=args)
+        except redis.ResponseError as exc:
+            if str(exc).startswith("FENCED"):
+                raise Fenced(str(exc)) from exc
+            raise
+        return [int(seq) for seq in reply]
+
+
+# Replay reads the stream in pages: one XRANGE never returns an unbounded reply.
+PAGE = 1000
+
+
+async def _xrange_after(client: aioredis.Redis, job_id: str, after_seq: int) -> list[Any]:
+    key = names.events_stream_key(job_id)
+    entries: list[Any] = []
+    while True:
+        page: Any = await client.xrange(key, min=f"({after_seq}-0", count=PAGE)
+        entries += page or ()
+        if len(page or ()) < PAGE:
+            return entries
+        after_seq = int(page[-1][0].split(b"-")[0])
 
 
 async def read_events_after(client: aioredis.Redis, job_id: str, after_seq: int) -> list[Event]:
     """Every stored event with seq > after_seq, in order (replay)."""
-    entries = await client.xrange(names.events_stream_key(job_id), min=f"({after_seq}-0")
-    return _parse_entries(entries)
+    return _parse_entries(await _xrange_after(client, job_id, after_seq))
 
 
 async def read_wire_events_after(
     client: aioredis.Redis, job_id: str, after_seq: int
 ) -> list[WireEvent]:
     """`read_events_after` for relaying: data stays JSON text."""
-    entries: Any = await client.xrange(names.events_stream_key(job_id), min=f"({after_seq}-0")
-    return [WireEvent.parse(fields[b"e"]) for _id, fields in entries or ()]
+    entries = await _xrange_after(client, job_id, after_seq)
+    return [WireEvent.parse(fields[b"e"]) for _id, fields in entries]
+
+
+async def read_log_state(client: aioredis.Redis, job_id: str) -> tuple[str | None, int | None]:
+    """(epoch, last seq in the stream) of a job's event log; None where there is none."""
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.get(names.event_epoch_key(job_id))
+        pipe.xrevrange(names.events_stream_key(job_id), count=1)
+        epoch, tail = await pipe.execute()
+    last = int(tail[0][0].split(b"-")[0]) if tail else None
+    return (epoch.decode() if isinstance(epoch, bytes) else epoch), last
 
 
 def read_events_after_sync(client: redis.Redis, job_id: str, after_seq: int) -> list[Event]:
-    entries = client.xrange(names.events_stream_key(job_id), min=f"({after_seq}-0")
-    return _parse_entries(entries)
+    key = names.events_stream_key(job_id)
+    entries: list[Any] = []
+    while True:
+        page: Any = client.xrange(key, min=f"({after_seq}-0", count=PAGE)
+        entries += page or ()
+        if len(page or ()) < PAGE:
+            return _parse_entries(entries)
+        after_seq = int(page[-1][0].split(b"-")[0])
 
 
 def wait_for_events(

@@ -18,7 +18,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.core import names
+from app.core import lifecycle, names
 from app.core.errors import BadRequest, NotFound
 from app.core.models import Job, utcnow
 
@@ -185,14 +185,28 @@ def count_open_jobs(session: Session, owner: str) -> int:
 
 
 def transition(
-    session: Session, job_id: str, *, from_statuses: tuple[str, ...], **values: Any
+    session: Session,
+    job_id: str,
+    *,
+    from_statuses: tuple[str, ...],
+    status: str,
+    attempt: int | None = None,
+    **values: Any,
 ) -> bool:
-    """Conditional UPDATE; True if this caller won the transition."""
+    """Conditional UPDATE along an edge of `lifecycle.TRANSITIONS`; True if this caller won.
+
+    `attempt` fences the write: it applies only while the row still holds that attempt,
+    so a runner whose job was taken from it (re-sent, claimed again) can never finish
+    into, or fail, the rerun.
+    """
+    lifecycle.check(from_statuses, status)
+    query = update(Job).where(Job.id == job_id, Job.status.in_(from_statuses))
+    if attempt is not None:
+        query = query.where(Job.attempts == attempt)
     result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_(from_statuses))
-        .values(updated_at=utcnow(), **values)
-        .execution_options(synchronize_session=False)
+        query.values(status=status, updated_at=utcnow(), **values).execution_options(
+            synchronize_session=False
+        )
     )
     session.commit()
     return bool(result.rowcount)  # type: ignore[attr-defined]

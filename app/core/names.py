@@ -78,6 +78,18 @@ def event_seq_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:seq"
 
 
+def event_epoch_key(job_id: str) -> str:
+    """A token set when the job's seq counter is (re)created: a new one means Redis lost
+    the job's event log (the relay then ends the stream with SQL's final state)."""
+    return f"{PREFIX}:job:{job_id}:epoch"
+
+
+def event_batches_key(job_id: str) -> str:
+    """Hash batch id -> first seq: an event batch retried after a lost reply is not
+    appended twice."""
+    return f"{PREFIX}:job:{job_id}:batches"
+
+
 def cancel_flag_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:cancel"
 

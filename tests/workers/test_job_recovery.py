@@ -133,3 +133,30 @@ def test_running_job_whose_whole_worker_vanished_is_resent_by_the_reconciler(
                    what="reconciler")  # fmt: skip
         job = http.get(f"/jobs/{job_id}", params={"wait": 30}).json()
     assert job["status"] == "succeeded" and job["attempts"] == 2
+
+
+def test_a_run_whose_lease_is_gone_stops_writes_nothing_and_runs_again(
+    stack, service_env, redis_client: redis.Redis
+):
+    """The bug: the lease refresh's result was ignored (and a missing lease re-taken), so
+    a run that had lost its job kept writing tokens and could finish into a rerun."""
+    api = stack("api")
+    stack("worker", queues="generate", name="fence@%h")
+    with httpx.Client(base_url=api.url, timeout=60) as http:
+        job_id = http.post(
+            "/generate_code", json={"task": "x", "max_new_tokens": 2500, "temperature": 0}
+        ).json()["id"]
+        head = read_events(http, f"/jobs/{job_id}/events", stop_after=4)
+        assert head[-1].event == "token"
+        redis_client.delete(f"codeloop:job:{job_id}:lease")  # as if Redis had lost it
+        job = http.get(f"/jobs/{job_id}", params={"wait": 30}).json()
+        events = read_events(http, f"/jobs/{job_id}/events")
+    assert job["status"] == "succeeded" and job["attempts"] == 2, job
+    statuses = [(i, e.data["status"], e.data["attempt"]) for i, e in enumerate(events)
+                if e.event == "status"]  # fmt: skip
+    assert [s[1:] for s in statuses] == [("running", 1), ("retrying", 1), ("running", 2)]
+    # Between the hand-back and the rerun, the lost run wrote nothing.
+    assert all(e.event == "status" for e in events[statuses[1][0] : statuses[2][0] + 1])
+    rerun = [e.data for e in events[statuses[2][0] :] if e.event == "token"]
+    assert "".join(t["text"] for t in rerun) == job["result"]["text"]
+    assert [e.id for e in events] == list(range(1, len(events) + 1))
