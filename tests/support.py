@@ -105,6 +105,19 @@ class Worker(ServiceProcess):
         raise AssertionError(f"worker not ready after {timeout}s: {self.log()[-3000:]}")
 
 
+class GenerateWorker(Worker):
+    """`python -m workers.generate_worker`: the batching generate worker (threads pool)."""
+
+    def __init__(
+        self, env: dict[str, str], log_path: Path | None = None, name: str | None = None
+    ) -> None:
+        self.name = name or f"gen{os.getpid()}-{time.monotonic_ns()}@%h"
+        ServiceProcess.__init__(self, [
+            sys.executable, "-m", "workers.generate_worker", "-n", self.name,
+            "--without-gossip", "--without-mingle",
+        ], env, log_path)  # fmt: skip
+
+
 class Beat(ServiceProcess):
     """A real `celery beat` process (the reconciler's clock)."""
 

@@ -43,6 +43,11 @@ CONSUMED_QUEUES: set[str] = set()
 def _remember_queues(sender: Any, instance: Any, **_kwargs: Any) -> None:
     CONSUMED_QUEUES.update(q.name for q in instance.app.amqp.queues.consume_from.values())
     os.environ["CODELOOP_WORKER_QUEUES"] = ",".join(sorted(CONSUMED_QUEUES))
+    # A threads pool (the batching generate worker) forks nothing and sends no
+    # worker_process_init: this process is the pool, so it loads the model now, before
+    # it reports ready, once for all its task threads.
+    if getattr(instance.pool_cls, "__module__", "") == "celery.concurrency.thread":
+        _init_process()
 
 
 @worker_process_init.connect

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     max_new_tokens: int = 512
     max_new_tokens_cap: int = 4096
     torch_threads: int = 0  # 0: torch's default
+    # Generations decoded together by one generate worker (workers/llm/batching.py).
+    # "auto": the step batcher with a threads pool; "off": one generation at a time.
+    generate_batching: Literal["auto", "step", "off"] = "auto"
+    generate_max_batch: int = 0  # 0: 8 on CPU, 32 on CUDA
+    generate_cache_tokens: int = 0  # 0: max batch x 2048
 
     # --- jobs, events ---------------------------------------------------------------
     job_max_attempts: int = 3

@@ -1,14 +1,21 @@
 """Generation jobs (queue `generate`): the agent runs each one on this process's engine.
 
-The model is loaded once per worker process (`load_model_once`, called from
-`worker_process_init`), never per task. torch and transformers are imported lazily so
+The model is loaded once per worker process (`load_engine_once`, called from
+`worker_process_init` under prefork, from `celeryd_after_setup` under the threads pool
+that batching uses), never per task. torch and transformers are imported lazily so
 that other workers, which import this module to know the task name, never load them.
 What a generation does, step by step, is `workers.agent.orchestrator`'s business.
+
+With batching on (`GENERATE_BATCHING`), the engine is a `BatchedEngine`: every task
+thread's generation joins one batch (see `workers.llm.batching`). Celery enforces no
+time limits in a threads pool, so a generation there cancels itself at the soft limit
+and fails with `time_limit`, as `SoftTimeLimitExceeded` makes it fail under prefork.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +31,7 @@ log = logging.getLogger(__name__)
 _settings = get_settings()
 _loaded: LoadedModel | None = None
 _engine: Engine | None = None
+_load_lock = threading.Lock()  # threads-pool tasks may ask for the engine at once
 
 SCRIPTED_PREFIX = "scripted:"
 
@@ -31,17 +39,35 @@ SCRIPTED_PREFIX = "scripted:"
 def load_engine_once() -> Engine:
     """The process's engine: the configured model, or a script (`scripted:/path.json`)."""
     global _engine
-    if _engine is None:
-        settings = get_settings()
-        if settings.model_id.startswith(SCRIPTED_PREFIX):
-            from workers.agent.scripted import ScriptedEngine
-
-            _engine = ScriptedEngine.from_file(settings.model_id.removeprefix(SCRIPTED_PREFIX))
-        else:
-            from workers.agent.engine import TransformersEngine
-
-            _engine = TransformersEngine(load_model_once())
+    with _load_lock:
+        if _engine is None:
+            _engine = _build_engine()
     return _engine
+
+
+def _build_engine() -> Engine:
+    settings = get_settings()
+    if settings.model_id.startswith(SCRIPTED_PREFIX):
+        from workers.agent.scripted import ScriptedEngine
+
+        return ScriptedEngine.from_file(settings.model_id.removeprefix(SCRIPTED_PREFIX))
+    loaded = load_model_once()
+    if settings.generate_batching == "off":
+        from workers.agent.engine import TransformersEngine
+
+        return TransformersEngine(loaded)
+    from workers.agent.batched import BatchedEngine
+
+    max_batch, cache_tokens = batch_limits(cuda=loaded.device.startswith("cuda"))
+    log.info("batching up to %d sequences, %d cache tokens", max_batch, cache_tokens)
+    return BatchedEngine(loaded, max_batch=max_batch, cache_tokens=cache_tokens)
+
+
+def batch_limits(*, cuda: bool) -> tuple[int, int]:
+    """(sequences in flight, padded cache tokens) from the settings; 0 means sized here."""
+    settings = get_settings()
+    max_batch = settings.generate_max_batch or (32 if cuda else 8)
+    return max_batch, settings.generate_cache_tokens or max_batch * 2048
 
 
 def load_model_once() -> LoadedModel:
@@ -72,10 +98,26 @@ def run_generation(ctx: JobContext) -> dict[str, Any]:
     from workers.agent.orchestrator import run_generation as run_agent
     from workers.llm import PromptTooLongError
 
+    expired = threading.Event()
+    timer = None
+    if threading.current_thread() is not threading.main_thread():  # a threads pool
+
+        def expire() -> None:
+            expired.set()
+            ctx.cancelled.set()
+
+        timer = threading.Timer(get_settings().generate_soft_time_limit_s, expire)
+        timer.daemon = True
+        timer.start()
     try:
         result = run_agent(ctx, load_engine_once())
     except PromptTooLongError as exc:
         raise JobFailed("prompt_too_long", str(exc)) from exc
+    finally:
+        if timer is not None:
+            timer.cancel()
+    if expired.is_set():
+        raise JobFailed("time_limit", "the job ran past its time limit")
     generation_id = result["generation_id"]
     ctx.defer(lambda: _index(generation_id))
     return result
