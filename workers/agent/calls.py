@@ -113,7 +113,7 @@ class ToolRunner:
     def client_call(self, call: ParsedCall) -> CallRecord:
         """A call of a tool the API caller defined: announced, not run (the caller runs it)."""
         record = CallRecord(
-            _call_id(), call.name, _arguments_or_raw(call.arguments), None, "client", 0.0, {}
+            _call_id(), call.name, _shown_arguments(call.arguments), None, "client", 0.0, {}
         )
         self.job.emit("tool_call", self._call_event(record))
         self._audit(record)
@@ -124,10 +124,11 @@ class ToolRunner:
         """Run a call the model wrote; every failure becomes an error result."""
         self._model_calls += 1
         started = time.perf_counter()
-        arguments = _arguments_or_raw(call.arguments)
-        record = CallRecord(_call_id(), call.name or "?", arguments, False, "model", 0.0, {})
+        arguments = _parse_arguments(call.arguments)
+        shown = arguments if arguments is not None else _shown_arguments(call.arguments)
+        record = CallRecord(_call_id(), call.name or "?", shown, False, "model", 0.0, {})
         self.job.emit("tool_call", self._call_event(record))
-        ok, output = self._run_model_call(call, record)
+        ok, output = self._run_model_call(call, arguments, record.call_id)
         record.ok = ok
         record.output = self._capped(output)
         record.duration_ms = (time.perf_counter() - started) * 1000
@@ -149,10 +150,12 @@ class ToolRunner:
         return record
 
     # --- internals -----------------------------------------------------------------------
-    def _run_model_call(self, call: ParsedCall, record: CallRecord) -> tuple[bool, dict[str, Any]]:
+    def _run_model_call(
+        self, call: ParsedCall, arguments: dict[str, Any] | None, call_id: str
+    ) -> tuple[bool, dict[str, Any]]:
         if call.error is not None:
             return False, {"error": f"malformed tool call: {call.error}"}
-        if "_raw" in record.arguments:
+        if arguments is None:
             return False, {"error": "the arguments are not a JSON object"}
         tool = TOOLS.get(call.name) if call.name in self.server_tools else None
         if tool is None:
@@ -163,15 +166,15 @@ class ToolRunner:
                 "error": f"the limit of {self.max_calls} tool calls is reached; "
                 "give your final answer now"
             }
-        key = json.dumps([call.name, record.arguments], sort_keys=True)
+        key = json.dumps([call.name, arguments], sort_keys=True)
         if key in self._seen:
             return False, {
                 "error": f"identical to call {self._seen[key]}; it was not run again, "
                 "use that call's result"
             }
-        self._seen[key] = record.call_id
+        self._seen[key] = call_id
         try:
-            args = tool.arguments.model_validate(record.arguments)
+            args = tool.arguments.model_validate(arguments)
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors()
@@ -258,12 +261,16 @@ def _call_id() -> str:
     return f"call_{uuid.uuid4().hex[:16]}"
 
 
-def _arguments_or_raw(text: str) -> dict[str, Any]:
-    """The arguments as a dict; text that is not a JSON object is kept as `{"_raw": …}`."""
+def _parse_arguments(text: str) -> dict[str, Any] | None:
+    """The arguments as a dict, or None when the text is not a JSON object."""
     try:
         value = json.loads(text) if text else None
     except ValueError:
-        value = None
-    if isinstance(value, dict):
-        return value
-    return {"_raw": text[:SUMMARY_CHARS]}
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _shown_arguments(text: str) -> dict[str, Any]:
+    """Arguments for events and the audit: parsed, or the raw text when unparseable."""
+    parsed = _parse_arguments(text)
+    return parsed if parsed is not None else {"_raw": text[:SUMMARY_CHARS]}
