@@ -117,8 +117,26 @@ def parser_cost(model_dir: Path, runs: int, tokens: int) -> dict[str, Any]:
         if i >= 2:
             rates[parse].append(reply.completion_tokens / (time.perf_counter() - started))
     on, off = percentile(rates[True], 50), percentile(rates[False], 50)
-    return {"parser_on_tok_s": round(on, 1), "parser_off_tok_s": round(off, 1),
-            "parser_ratio": round(on / off, 3)}  # fmt: skip
+    # The same cost without the model's noise: the parser alone over the tokens the
+    # model produced (its text cut where its tokens were), timed per token.
+    from workers.agent.markup import StopSequences, ToolCallParser
+
+    ids = engine.loaded.tokenizer(reply.text, add_special_tokens=False)["input_ids"]
+    pieces = [engine.loaded.tokenizer.decode([i]) for i in ids] * 20
+    started = time.perf_counter()
+    parser, stops = ToolCallParser(), StopSequences([])
+    for piece in pieces:
+        stops.feed(parser.feed(piece))
+    parser_us = (time.perf_counter() - started) / len(pieces) * 1e6
+    token_us = 1e6 / off
+    return {
+        "parser_on_tok_s": round(on, 1),
+        "parser_off_tok_s": round(off, 1),
+        "parser_ratio": round(on / off, 3),
+        "parser_us_per_token": round(parser_us, 2),
+        "model_us_per_token": round(token_us, 1),
+        "parser_ratio_from_cost": round(token_us / (token_us + parser_us), 4),
+    }
 
 
 def tool_round_trip(root: Path, calls: int) -> dict[str, Any]:
