@@ -1,4 +1,5 @@
-"""Real faults for tests: a TCP proxy in front of Redis that can lose a reply.
+"""Real faults for tests: a TCP proxy in front of Redis that can lose a reply, and a
+Redis server that can be stopped and started again.
 
 Not a mock: the client talks to the real server through a real socket; the proxy only
 decides, on request, to drop the connection after the server has executed a command
@@ -9,7 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
 import threading
+import time
+from pathlib import Path
+
+import redis
 
 
 class FlakyProxy:
@@ -71,3 +77,42 @@ class FlakyProxy:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+
+
+class RedisProcess:
+    """A private redis-server a test may stop and start again on the same port."""
+
+    def __init__(self, workdir: Path, *, appendonly: bool = False) -> None:
+        from tests.conftest import free_port, redis_server_binary
+
+        self.port = free_port()
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self._cmd = [
+            redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "yes" if appendonly else "no", "--dir", str(workdir),
+        ]  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self._cmd, stdout=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.ConnectionError):
+                if client.ping():
+                    client.close()
+                    return
+            time.sleep(0.02)
+        raise AssertionError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None

@@ -253,6 +253,10 @@ def _run_claimed(
         result = handler(ctx)
         ctx.flush()  # every token is in Redis before the final state is
     except (JobFailed, SoftTimeLimitExceeded, Exception) as exc:
+        if ctx.lost.is_set() or _caused_by(exc, Fenced):
+            ctx.lost.set()
+            log.warning("job %s: lease lost; the run stops and writes nothing", ctx.job_id)
+            return LOST, None
         if isinstance(exc, JobFailed):
             error = {"type": exc.type, "message": exc.message}
         elif isinstance(exc, SoftTimeLimitExceeded):
@@ -262,10 +266,6 @@ def _run_claimed(
             error = {"type": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
         with contextlib.suppress(EventPumpError):
             ctx.flush()  # the tokens before the failure still precede the error event
-        if _caused_by(exc, Fenced):
-            ctx.lost.set()
-        if ctx.lost.is_set():
-            return LOST, None
         if _finish(ctx, names.FAILED, error=error):
             ctx.events.unfenced().emit("error", error)
         return names.FAILED, None

@@ -9,7 +9,8 @@ Each pub/sub message (one worker write: one or more events) is read once and its
 SSE-encoded once, however many clients get them; a client's queue gets the message's
 events as one item (a `Batch`). If the pub/sub connection drops, or a slow client's
 queue overflows, the client is sent `RESYNC` and re-reads the stream from its last id,
-so it still gets every event exactly once.
+so it still gets every event exactly once. A lost connection is retried with backoff
+until Redis answers again; the hub never stays deaf after a failed resubscribe.
 """
 
 from __future__ import annotations
@@ -93,8 +94,10 @@ class EventHub:
         self._client = client
         self._pubsub = client.pubsub()
         self._subs: dict[str, set[Subscription]] = {}
-        self._sent: dict[str, int] = {}  # SUBSCRIBE commands sent per channel
-        self._confirmed: dict[str, int] = {}  # confirmations received per channel
+        # Per channel followed now (entries go when its unsubscribe is confirmed):
+        self._sent: dict[str, int] = {}  # SUBSCRIBE commands sent
+        self._confirmed: dict[str, int] = {}  # confirmations received
+        self._resync_on_confirm: set[str] = set()  # resubscribed after a reconnect
         self._changed = asyncio.Condition()
         self._reader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -102,6 +105,11 @@ class EventHub:
     @property
     def client_count(self) -> int:
         return sum(len(s) for s in self._subs.values())
+
+    @property
+    def channel_count(self) -> int:
+        """Channels the hub keeps any state for (followed, or an unsubscribe in flight)."""
+        return len(self._subs.keys() | self._sent.keys() | self._confirmed.keys())
 
     async def start(self) -> None:
         self._reader = asyncio.create_task(self._read_forever(), name="event-hub")
@@ -116,18 +124,24 @@ class EventHub:
 
     @contextlib.asynccontextmanager
     async def subscribe(self, job_id: str, timeout: float = 10.0) -> AsyncIterator[Subscription]:
+        """Follow a job; raises `RedisError`/`OSError`, or `TimeoutError` when Redis does
+        not confirm within `timeout`."""
         channel = names.events_channel(job_id)
         sub = Subscription(job_id)
-        async with self._lock:
-            members = self._subs.setdefault(channel, set())
-            members.add(sub)
-            if len(members) == 1:
-                target = self._sent.get(channel, 0) + 1
-                self._sent[channel] = target
-                await self._pubsub.subscribe(channel)
-            else:
-                target = self._sent[channel]
         try:
+            async with self._lock:
+                members = self._subs.setdefault(channel, set())
+                members.add(sub)
+                if len(members) == 1:
+                    target = self._sent.get(channel, 0) + 1
+                    self._sent[channel] = target
+                    try:
+                        await self._pubsub.subscribe(channel)
+                    except BaseException:
+                        self._sent[channel] = target - 1  # never sent: expect no confirmation
+                        raise
+                else:
+                    target = self._sent[channel]
             async with self._changed:
                 await asyncio.wait_for(
                     self._changed.wait_for(lambda: self._confirmed.get(channel, 0) >= target),
@@ -143,19 +157,30 @@ class EventHub:
                     members.discard(sub)
                     if not members:
                         self._subs.pop(channel, None)
-                        with contextlib.suppress(RedisError, OSError):
+                        try:
                             await self._pubsub.unsubscribe(channel)
+                        except (RedisError, OSError):
+                            self._forget(channel)  # the reconnect starts this connection anew
 
     async def _read_forever(self) -> None:
+        backoff = 0.1
+        broken = False
         while True:
             try:
+                if broken:
+                    await self._reconnect()
+                    broken = False
+                    backoff = 0.1
                 await self._read()
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                log.warning("event hub lost its pub/sub connection (%s); reconnecting", exc)
-                await asyncio.sleep(0.5)
-                await self._reconnect()
+                if not broken:
+                    log.warning("event hub lost its pub/sub connection (%s); reconnecting", exc)
+                    self._offer_all(RESYNC)  # their replay meets the outage, or catches up
+                broken = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
 
     async def _read(self) -> None:
         while True:
@@ -173,6 +198,22 @@ class EventHub:
                 async with self._changed:
                     self._confirmed[channel] = self._confirmed.get(channel, 0) + 1
                     self._changed.notify_all()
+                if channel in self._resync_on_confirm:
+                    self._resync_on_confirm.discard(channel)
+                    for sub in self._subs.get(channel, ()):
+                        sub.offer(RESYNC)
+            elif (
+                kind == "unsubscribe"
+                and channel not in self._subs
+                # Replies come in order: every SUBSCRIBE sent before this one is confirmed.
+                and self._confirmed.get(channel, 0) >= self._sent.get(channel, 0)
+            ):
+                self._forget(channel)
+
+    def _forget(self, channel: str) -> None:
+        self._sent.pop(channel, None)
+        self._confirmed.pop(channel, None)
+        self._resync_on_confirm.discard(channel)
 
     def _deliver(self, channel: str, raw: bytes) -> None:
         members = self._subs.get(channel)
@@ -182,23 +223,30 @@ class EventHub:
         for sub in members:
             sub.offer(item)
 
+    def _offer_all(self, item: Any) -> None:
+        for members in self._subs.values():
+            for sub in members:
+                sub.offer(item)
+
     async def _reconnect(self) -> None:
+        """A new pub/sub connection with every followed channel; raises if Redis is still
+        away (the reader retries with backoff). Followers replay once Redis confirms."""
         async with self._lock:
             with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.aclose()
             self._pubsub = self._client.pubsub()
             channels = list(self._subs)
             async with self._changed:
+                for channel in list(self._sent.keys() | self._confirmed.keys()):
+                    if channel not in self._subs:
+                        self._forget(channel)
                 for channel in channels:
                     self._sent[channel] = self._confirmed.get(channel, 0) + 1
-            try:
-                if channels:
-                    await self._pubsub.subscribe(*channels)
-            except (RedisError, OSError) as exc:
-                log.warning("event hub resubscribe failed: %s", exc)
-            for channel in channels:
-                for sub in self._subs.get(channel, ()):
-                    sub.offer(RESYNC)
+                self._resync_on_confirm = set(channels)
+            if channels:
+                await self._pubsub.subscribe(*channels)
+            else:
+                await self._client.ping()
 
 
 def _text(value: bytes | str) -> str:

@@ -3,7 +3,9 @@
 Order of operations is what makes it exact: subscribe live first (confirmed by Redis),
 then replay the stream after the client's last id, then forward live events, dropping
 any id already sent. A gap in live ids (a lost pub/sub message) or a `RESYNC` from the
-hub sends us back to the stream. The stream closes after a terminal event.
+hub sends us back to the stream. The stream closes after a terminal event. A log that
+Redis lost (see `follow_batches`) ends with the job's final state from SQL; an outage
+longer than the relay rides out ends with an `error` event of type `unavailable`.
 
 `follow_batches` yields the events themselves (the OpenAI surface reshapes them);
 `relay_events` yields their SSE bytes, several events per write: per-write overhead,
@@ -14,23 +16,29 @@ timeout and stops the body when the client disconnects.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import redis.asyncio as aioredis
 from fastapi.concurrency import run_in_threadpool
+from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
 from starlette.types import Message, Send
 
-from app.api.event_hub import RESYNC, Batch, EventHub, encode_final, encode_sse
+from app.api.event_hub import RESYNC, Batch, EventHub, Subscription, encode_final, encode_sse
 from app.core import names
 from app.core.config import get_settings
 from app.core.db import session_scope
-from app.core.events import WireEvent, encode_data, read_wire_events_after
+from app.core.events import WireEvent, encode_data, read_log_state, read_wire_events_after
 from app.core.models import Job
+
+log = logging.getLogger(__name__)
 
 # Returns the job's final event if the job is over but its stream has expired.
 FinalEventLookup = Callable[[], Awaitable[tuple[str, dict[str, Any]] | None]]
@@ -56,6 +64,14 @@ def stored_final_event(job_id: str) -> FinalEventLookup:
     return final_event
 
 
+@dataclass(frozen=True, slots=True)
+class _Replay:
+    batch: Batch
+    finished: bool
+    epoch: str | None  # the log's epoch (app/core/events.py), None if it has none
+    behind: bool  # the log ends before what the client already saw: expired or lost
+
+
 async def follow_batches(
     hub: EventHub,
     client: aioredis.Redis,
@@ -64,30 +80,37 @@ async def follow_batches(
     final_event: FinalEventLookup,
 ) -> AsyncIterator[Batch]:
     """Every event after `last_event_id` once, in order, in batches of what was waiting;
-    ends after the terminal event."""
+    ends after the terminal event.
+
+    If Redis lost the job's log (a new epoch, or a log that ends before the client's
+    last id), ids no longer mean what the client saw: the stream then ends with the
+    job's final state read from SQL, once it has one. Raises RedisError / OSError /
+    TimeoutError when Redis stays unreachable past `REPLAY_RETRY_S`."""
     sent = last_event_id
     async with hub.subscribe(job_id) as sub:
-        replayed, finished = await _replay(client, job_id, sent)
-        if replayed:
-            sent = replayed[-1][0].seq
-            yield replayed
-        if finished:
+        replay = await _replay(client, job_id, sent)
+        epoch = replay.epoch
+        if replay.behind:
+            yield await _final_from_sql(sub, final_event)
             return
-        if not replayed and sent == 0:
+        if replay.batch:
+            sent = replay.batch[-1][0].seq
+            yield replay.batch
+        if replay.finished:
+            return
+        if not replay.batch and sent == 0 and epoch is None:
             final = await final_event()
             if final is not None:  # over, and its events have expired
-                type_, data = final
-                event = WireEvent(0, type_, encode_data(data).encode(), True)
-                yield [(event, encode_final(type_, data))]
+                yield _final_batch(final)
                 return
         while True:
             item = await sub.get()
             # Take everything already waiting: one batch, one write.
             batch: Batch = []
-            resync = finished = False
+            resync = reconnected = finished = False
             while item is not None and not finished:
                 if item is RESYNC:
-                    resync = True
+                    resync = reconnected = True
                     break
                 for pair in item:
                     seq = pair[0].seq
@@ -100,6 +123,8 @@ async def follow_batches(
                     elif seq > sent + 1:  # a live message went missing: replay
                         resync = True
                         break
+                    else:  # a duplicate of the replay, or a log that started again
+                        resync = True
                 if resync:
                     break
                 item = None if finished else sub.get_nowait()
@@ -107,12 +132,21 @@ async def follow_batches(
                 yield batch
             if finished:
                 return
-            if resync:
-                replayed, finished = await _replay(client, job_id, sent)
-                if replayed:
-                    sent = replayed[-1][0].seq
-                    yield replayed
-                if finished:
+            if resync or epoch is None:  # (epoch None: learn it once the log exists)
+                replay = await _replay(client, job_id, sent)
+                if replay.behind or (epoch is not None and replay.epoch != epoch):
+                    yield await _final_from_sql(sub, final_event)
+                    return
+                epoch = replay.epoch
+                if replay.batch:
+                    sent = replay.batch[-1][0].seq
+                    yield replay.batch
+                if replay.finished:
+                    return
+                if reconnected and (final := await final_event()) is not None:
+                    # Over while the hub was away, its final event lost with Redis' data
+                    # (a cancel during an outage, say): SQL has the last word.
+                    yield _final_batch(final)
                     return
 
 
@@ -123,19 +157,64 @@ async def relay_events(
     last_event_id: int,
     final_event: FinalEventLookup,
 ) -> AsyncIterator[bytes]:
-    """The job's events as SSE bytes, one write per batch."""
-    async for batch in follow_batches(hub, client, job_id, last_event_id, final_event):
-        yield b"".join(sse for _event, sse in batch)
+    """The job's events as SSE bytes, one write per batch; a Redis outage that outlasts
+    the relay's retries ends the stream with an `error` event (no id), never a hang."""
+    try:
+        async for batch in follow_batches(hub, client, job_id, last_event_id, final_event):
+            yield b"".join(sse for _event, sse in batch)
+    except (RedisError, OSError, TimeoutError) as exc:
+        log.warning("job %s: events unavailable (%s); ending the stream", job_id, exc)
+        yield encode_final("error", UNAVAILABLE)
 
 
-async def _replay(client: aioredis.Redis, job_id: str, after: int) -> tuple[Batch, bool]:
-    events = await read_wire_events_after(client, job_id, after)
+UNAVAILABLE = {
+    "type": "unavailable",
+    "message": "the job's events are unavailable (Redis unreachable); the job goes on: "
+    "reconnect with Last-Event-ID or read GET /jobs/{id}",
+}
+REPLAY_RETRY_S = 10.0  # a relay rides out a Redis outage this long before it gives up
+SQL_RECHECK_S = 1.0  # waiting for SQL's final state: re-read this often (or on an event)
+
+
+async def _replay(client: aioredis.Redis, job_id: str, after: int) -> _Replay:
+    deadline = time.monotonic() + REPLAY_RETRY_S
+    delay = 0.1
+    while True:
+        try:
+            events = await read_wire_events_after(client, job_id, after)
+            # Read after the events: a log restarted meanwhile shows as a new epoch.
+            epoch, last = await read_log_state(client, job_id)
+            break
+        except (RedisError, OSError):
+            if time.monotonic() + delay > deadline:
+                raise
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 1.0)
     batch: Batch = []
+    finished = False
     for event in events:
         batch.append((event, encode_sse(event)))
         if event.is_terminal:
-            return batch, True
-    return batch, False
+            finished = True
+            break
+    behind = after > 0 and (last is None or last < after)
+    return _Replay(batch, finished, epoch, behind)
+
+
+def _final_batch(final: tuple[str, dict[str, Any]]) -> Batch:
+    type_, data = final
+    event = WireEvent(0, type_, encode_data(data).encode(), True)
+    return [(event, encode_final(type_, data))]
+
+
+async def _final_from_sql(sub: Subscription, final_event: FinalEventLookup) -> Batch:
+    """The job's final state from SQL, once it has one (SQL outlives Redis' data)."""
+    while True:
+        final = await final_event()
+        if final is not None:
+            return _final_batch(final)
+        with contextlib.suppress(TimeoutError):
+            await sub.get(timeout=SQL_RECHECK_S)
 
 
 class WatchedEventSourceResponse(EventSourceResponse):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from typing import Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse
 
 from app.api.cancel import cancel_job as request_cancel
@@ -24,14 +27,22 @@ from app.core import jobs, names
 from app.core.db import session_scope
 from app.core.models import Job
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+POLL_S = 0.5  # how often a long-poll without Redis re-reads SQL
+SQL_RECHECK_S = 2.0  # how often a long-poll on events re-reads SQL anyway
 WAIT_CAP_S = 30.0
 
 
 def read_job(session: Any, client: Any, job: Job) -> dict[str, Any]:
+    """The job JSON; live progress from Redis when it answers, else SQL's (never a 5xx)."""
     tokens = None
     if job.kind == "generate" and job.status in (names.RUNNING, names.RETRYING):
-        raw = client.get(names.progress_key(job.id))
+        try:
+            raw = client.get(names.progress_key(job.id))
+        except (RedisError, OSError) as exc:
+            log.warning("job %s: progress unavailable (%s); SQL's figure instead", job.id, exc)
+            raw = None
         tokens = int(raw) if raw else None
     return jobs.job_to_json(
         job, queue_position=jobs.queue_position(session, job), progress_tokens=tokens
@@ -72,6 +83,19 @@ async def get_job(
     if wait <= 0 or body["status"] in names.TERMINAL:
         return body
     deadline = time.monotonic() + wait
+    try:
+        return await _wait_with_events(hub, job_id, load, deadline)
+    except (RedisError, OSError, TimeoutError) as exc:  # no live events: SQL still answers
+        log.warning("job %s: long-poll without events (%s); polling SQL", job_id, exc)
+    body = await run_in_threadpool(load)
+    while body["status"] not in names.TERMINAL and time.monotonic() < deadline:
+        await asyncio.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
+        body = await run_in_threadpool(load)
+    return body
+
+
+async def _wait_with_events(hub: Any, job_id: str, load: Any, deadline: float) -> dict[str, Any]:
+    """Long-poll on the job's live events: re-read SQL when a terminal event passes."""
     async with hub.subscribe(job_id) as sub:
         body = await run_in_threadpool(load)  # subscribed now: no terminal event can slip by
         while body["status"] not in names.TERMINAL:
@@ -79,9 +103,9 @@ async def get_job(
             if remaining <= 0:
                 break
             try:
-                item = await sub.get(timeout=remaining)
+                item = await sub.get(timeout=min(remaining, SQL_RECHECK_S))
             except TimeoutError:
-                break
+                item = None  # re-read SQL now and then: a final event may have been lost
             if isinstance(item, list) and not any(event.is_terminal for event, _ in item):
                 continue
             body = await run_in_threadpool(load)

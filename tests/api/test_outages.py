@@ -1,0 +1,150 @@
+"""A Redis outage answers 503 (never 500) and never leaves a client hanging.
+
+Each test runs a real API process on its own redis-server, which the test stops and
+starts again; SQL stays up throughout, as it is the source of truth.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+
+from app.core.events import EventWriter
+from tests.conftest import free_port
+from tests.faults import RedisProcess
+from tests.support import ApiServer, SseEvent, parse_sse
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    server = RedisProcess(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def api(own_redis, service_env, tmp_path):
+    env = {**service_env, "CODELOOP_REDIS_URL": own_redis.url}
+    server = ApiServer(env, free_port(), tmp_path / "api.log").wait_ready()
+    yield server
+    server.stop()
+
+
+def submit(http: httpx.Client) -> str:
+    response = http.post("/generate_code", json={"task": "x", "max_new_tokens": 8})
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def mark_running(env: dict[str, str], job_id: str) -> None:
+    """Play a worker that claimed the job (no worker runs in these tests)."""
+    engine = create_engine(env["CODELOOP_DATABASE_URL"])
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE jobs SET status='running', attempts=1, progress_tokens=3, "
+                 "worker='elsewhere:1' WHERE id=:id"), {"id": job_id},
+        )  # fmt: skip
+    engine.dispose()
+
+
+class Follower(threading.Thread):
+    """Follows a job's SSE stream in the background until the server ends it."""
+
+    def __init__(self, url: str, job_id: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(daemon=True)
+        self.url, self.job_id, self.headers = url, job_id, headers or {}
+        self.events: list[SseEvent] = []
+        self.ended = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        with (
+            httpx.Client(base_url=self.url, timeout=90) as http,
+            http.stream("GET", f"/jobs/{self.job_id}/events", headers=self.headers) as response,
+        ):
+            for event in parse_sse(response.iter_lines()):
+                self.events.append(event)
+        self.ended.set()
+
+    def wait_for(self, count: int, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.events) < count:
+            assert time.monotonic() < deadline, f"only {self.events} arrived"
+            time.sleep(0.05)
+
+
+def test_cancelling_a_queued_job_while_the_broker_is_down_cancels_it_and_followers_end(
+    api, own_redis, service_env
+):
+    """The bug: the cancel committed `cancelled`, then `revoke()` raised (500), and
+    followers waited forever for the event that was never written."""
+    with httpx.Client(base_url=api.url, timeout=60) as http:
+        job_id = submit(http)
+        follower = Follower(api.url, job_id)
+        time.sleep(1.0)  # the follower is subscribed
+        own_redis.stop()
+        response = http.post(f"/jobs/{job_id}/cancel")
+        assert response.status_code == 202, response.text
+        assert response.json()["status"] == "cancelled"
+        assert http.get(f"/jobs/{job_id}").json()["status"] == "cancelled"
+        own_redis.start()  # back, empty: the event is lost, SQL is not
+        assert follower.ended.wait(30), follower.events
+        late = Follower(api.url, job_id)
+        assert late.ended.wait(30)
+    for events in (follower.events, late.events):
+        assert events[-1].event == "status" and events[-1].data["status"] == "cancelled", events
+
+
+def test_cancelling_a_running_job_while_redis_is_down_answers_503(api, own_redis, service_env):
+    with httpx.Client(base_url=api.url, timeout=60) as http:
+        job_id = submit(http)
+        mark_running(service_env, job_id)
+        own_redis.stop()
+        response = http.post(f"/jobs/{job_id}/cancel")
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["type"] == "unavailable"
+    assert response.headers["retry-after"] == "2"
+
+
+def test_a_running_job_is_read_and_long_polled_from_sql_while_redis_is_down(
+    api, own_redis, service_env
+):
+    """The bugs: GET /jobs/{id} of a running job read its progress from Redis (500 when
+    down), and a long-poll whose subscription failed or timed out answered 500."""
+    with httpx.Client(base_url=api.url, timeout=60) as http:
+        job_id = submit(http)
+        mark_running(service_env, job_id)
+        own_redis.stop()
+        body = http.get(f"/jobs/{job_id}")
+        assert body.status_code == 200, body.text
+        assert body.json()["status"] == "running"
+        assert body.json()["progress"]["tokens"] == 3  # SQL's figure
+        started = time.monotonic()
+        polled = http.get(f"/jobs/{job_id}", params={"wait": 2})
+        assert polled.status_code == 200, polled.text
+        assert polled.json()["status"] == "running"
+        assert time.monotonic() - started < 15
+
+
+def test_an_sse_stream_whose_redis_stays_away_ends_with_an_error_event(api, own_redis, service_env):
+    """The bug: a relay whose Redis broke ended the body with no `error` event (or
+    waited forever on a hub that had gone deaf)."""
+    with httpx.Client(base_url=api.url, timeout=60) as http:
+        job_id = submit(http)
+    mark_running(service_env, job_id)
+    writer = EventWriter(redis.Redis.from_url(own_redis.url), job_id, maxlen=100, ttl_s=60)
+    follower = Follower(api.url, job_id)
+    time.sleep(1.0)
+    writer.emit("status", {"status": "running", "attempt": 1})
+    follower.wait_for(1)
+    own_redis.stop()
+    assert follower.ended.wait(30), follower.events
+    last = follower.events[-1]
+    assert last.event == "error" and last.id is None
+    assert last.data["type"] == "unavailable"
+    assert [e.id for e in follower.events[:-1]] == [1]

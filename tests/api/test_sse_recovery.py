@@ -1,0 +1,69 @@
+"""SSE after Redis lost data: a client never hangs and never silently misses an event;
+the stream continues with correct ids or ends with the job's final state from SQL."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import redis
+
+from app.core import names
+from tests.api.test_outages import Follower
+from tests.conftest import Platform, free_port
+from tests.faults import RedisProcess
+from tests.support import ApiServer, Worker, read_events
+
+
+def test_a_reconnect_with_last_event_id_to_a_finished_job_whose_stream_expired_ends(
+    platform: Platform,
+):
+    """The bug: with `Last-Event-ID > 0` and the stream gone, the relay pinged forever."""
+    with platform.client() as http:
+        job_id = http.post("/generate_code", json={"task": "x", "max_new_tokens": 6}).json()["id"]
+        job = http.get(f"/jobs/{job_id}", params={"wait": 30}).json()
+        assert job["status"] == "succeeded"
+        client = platform.redis()
+        client.delete(names.events_stream_key(job_id), names.event_seq_key(job_id),
+                      names.event_epoch_key(job_id))  # fmt: skip
+        client.close()
+        events = read_events(http, f"/jobs/{job_id}/events", headers={"Last-Event-ID": "4"},
+                             timeout=20)  # fmt: skip
+    assert [(e.id, e.event, e.data) for e in events] == [(None, "done", job["result"])]
+
+
+@pytest.mark.slow
+def test_a_stream_whose_redis_lost_the_log_mid_job_ends_with_the_final_state_from_sql(
+    service_env, tmp_path
+):
+    """The bug: the per-job seq counter lived only in Redis; after a flush it restarted
+    at 1, the relay dropped every `seq <= sent` as a duplicate and the client silently
+    lost the rest of the job, `done` included, and hung."""
+    server = RedisProcess(tmp_path / "redis")
+    env = {**service_env, "CODELOOP_REDIS_URL": server.url}
+    api = ApiServer(env, free_port(), tmp_path / "api.log").wait_ready()
+    worker = Worker(env, queues="generate", log_path=tmp_path / "worker.log", name="flush@%h")
+    try:
+        worker.wait_ready()
+        with httpx.Client(base_url=api.url, timeout=60) as http:
+            job_id = http.post(
+                "/generate_code", json={"task": "x", "max_new_tokens": 3000, "temperature": 0}
+            ).json()["id"]
+            follower = Follower(api.url, job_id)
+            follower.wait_for(20, timeout=60)
+            redis.Redis.from_url(server.url).flushall()  # Redis lost everything
+            assert follower.ended.wait(90), follower.events[-3:]
+            job = http.get(f"/jobs/{job_id}", params={"wait": 30}).json()
+            # A client that reconnects after the loss, from where it was, ends too.
+            seen = max(e.id for e in follower.events if e.id is not None)
+            late = Follower(api.url, job_id, headers={"Last-Event-ID": str(seen)})
+            assert late.ended.wait(30)
+    finally:
+        worker.stop()
+        api.stop()
+        server.stop()
+    assert job["status"] == "succeeded", job
+    events = follower.events
+    ids = [e.id for e in events[:-1]]
+    assert ids == list(range(1, len(ids) + 1)), "ids must never go back or repeat"
+    assert events[-1].event == "done" and events[-1].data == job["result"]
+    assert late.events[-1].event == "done" and late.events[-1].data == job["result"]
