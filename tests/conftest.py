@@ -7,6 +7,7 @@ Nothing here touches the machine's own Redis: the suite runs its own `redis-serv
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -178,7 +179,10 @@ def bundled_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def service_env(
-    redis_url: str, sqlite_url: str, tmp_path: Path, tiny_model_dir: Path,
+    redis_url: str,
+    sqlite_url: str,
+    tmp_path: Path,
+    tiny_model_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[dict[str, str]]:
     """Environment for this test's processes (and this process): private Redis, SQLite."""
@@ -199,7 +203,6 @@ def service_env(
     yield env
     reset_settings_cache()
     db.reset_engine()
-
 
 
 @dataclass
@@ -240,6 +243,29 @@ def platform_env(redis_server: str, root: Path, model_dir: Path, db_index: int) 
     }
 
 
+@contextlib.contextmanager
+def running_platform(
+    env: dict[str, str], root: Path, workers: list[tuple[str, int, str]]
+) -> Iterator[Platform]:
+    """An API and the given workers `(queues, concurrency, name)` on `env` (its Redis
+    database flushed first); everything stopped on the way out."""
+    redis.Redis.from_url(env["CODELOOP_REDIS_URL"]).flushdb()
+    started = [
+        Worker(env, queues, n, root / f"worker-{name.split('@')[0]}.log", name=name)
+        for queues, n, name in workers
+    ]
+    api = ApiServer(env, free_port(), root / "api.log")
+    try:
+        api.wait_ready()
+        for worker in started:
+            worker.wait_ready()
+        yield Platform(env, api, started)
+    finally:
+        api.stop()
+        for worker in started:
+            worker.stop()
+
+
 @pytest.fixture(scope="session")
 def platform(
     redis_server: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
@@ -247,22 +273,10 @@ def platform(
     """One shared stack for tests that only need *a* working service (Redis database 1)."""
     root = tmp_path_factory.mktemp("platform")
     env = platform_env(redis_server, root, tiny_model_dir, 1)
-    redis.Redis.from_url(env["CODELOOP_REDIS_URL"]).flushdb()
-    workers = [
-        Worker(env, "generate", 1, root / "worker-generate.log", name="gen@%h"),
-        Worker(env, "execute", 2, root / "worker-execute.log", name="exe@%h"),
-        Worker(env, "search,maintenance", 1, root / "worker-search.log", name="sea@%h"),
-    ]
-    api = ApiServer(env, free_port(), root / "api.log")
-    try:
-        api.wait_ready()
-        for worker in workers:
-            worker.wait_ready()
-        yield Platform(env, api, workers)
-    finally:
-        api.stop()
-        for worker in workers:
-            worker.stop()
+    workers = [("generate", 1, "gen@%h"), ("execute", 2, "exe@%h"),
+               ("search,maintenance", 1, "sea@%h")]  # fmt: skip
+    with running_platform(env, root, workers) as running:
+        yield running
 
 
 @dataclass
@@ -313,18 +327,6 @@ def scripted_platform(
     script.write_text(json.dumps(SCRIPTED))
     env = {**platform_env(redis_server, root, tiny_model_dir, 8),
            "CODELOOP_MODEL_ID": f"scripted:{script}"}  # fmt: skip
-    redis.Redis.from_url(env["CODELOOP_REDIS_URL"]).flushdb()
-    workers = [
-        Worker(env, "generate,search", 1, root / "worker-generate.log", name="uigen@%h"),
-        Worker(env, "execute", 1, root / "worker-execute.log", name="uiexe@%h"),
-    ]
-    api = ApiServer(env, free_port(), root / "api.log")
-    try:
-        api.wait_ready()
-        for worker in workers:
-            worker.wait_ready()
-        yield Platform(env, api, workers)
-    finally:
-        api.stop()
-        for worker in workers:
-            worker.stop()
+    workers = [("generate,search", 1, "uigen@%h"), ("execute", 1, "uiexe@%h")]
+    with running_platform(env, root, workers) as running:
+        yield running

@@ -30,6 +30,7 @@ from app.core.project_files import (
     put_project_file,
 )
 from app.core.starter_knowledge import load_starter_knowledge, starter_snippets
+from tests.support import missing_tool
 
 
 @pytest.fixture
@@ -310,8 +311,9 @@ def test_starter_python_snippets_compile():
             compile(snippet["content"], snippet["title"], "exec")
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_starter_javascript_snippets_parse(tmp_path):
+    if shutil.which("node") is None:
+        missing_tool("node is not installed (scripts/install-sandbox-deps.sh)")
     for i, snippet in enumerate(starter_snippets()):
         if snippet["language"] in ("javascript", "vite"):
             path = tmp_path / f"s{i}.mjs"

@@ -9,10 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
-from tests.conftest import Platform, free_port, platform_env
-from tests.support import ApiServer, Worker
+from tests.conftest import Platform, platform_env, running_platform
 
 CALL = '<function>execute_code</function>{"language": "python", "code": "print(6 * 7)"}'
 FIXED = "```python\ndef add(a, b):\n    return a + b\n```"
@@ -81,18 +79,6 @@ def agent_platform(
             "CODELOOP_AGENT_TOOL_OUTPUT_CHARS": "2000",
         }
     )
-    redis.Redis.from_url(env["CODELOOP_REDIS_URL"]).flushdb()
-    workers = [
-        Worker(env, "generate,search", 1, root / "worker-generate.log", name="agen@%h"),
-        Worker(env, "execute", 2, root / "worker-execute.log", name="aexe@%h"),
-    ]
-    api = ApiServer(env, free_port(), root / "api.log")
-    try:
-        api.wait_ready()
-        for worker in workers:
-            worker.wait_ready()
-        yield Platform(env, api, workers)
-    finally:
-        api.stop()
-        for worker in workers:
-            worker.stop()
+    workers = [("generate,search", 1, "agen@%h"), ("execute", 2, "aexe@%h")]
+    with running_platform(env, root, workers) as running:
+        yield running

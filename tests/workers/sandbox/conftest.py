@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support import missing_tool
 from workers.sandbox import service
 
 DOCKER_HOSTS = ("unix:///var/run/docker.sock", "unix:///var/lib/codeloop-docker/docker.sock")
@@ -37,7 +38,7 @@ def _answering_docker_host() -> str | None:
 @pytest.fixture(scope="session")
 def process_ready() -> None:
     if os.geteuid() != 0:
-        pytest.skip("the process backend needs root (CI runs the suite as root)")
+        missing_tool("the process backend needs root (CI runs the suite as root)")
     service.reset()
     status = service.select_backend("process").status()
     assert status["available"], f"process backend unusable: {status['missing']}"
@@ -49,7 +50,7 @@ def process_ready() -> None:
 def docker_ready() -> Iterator[None]:
     host = _answering_docker_host()
     if host is None:
-        pytest.skip('no Docker engine answers (eval "$(scripts/start-docker.sh)")')
+        missing_tool('no Docker engine answers (eval "$(scripts/start-docker.sh)")')
     saved = os.environ.get("DOCKER_HOST")
     os.environ["DOCKER_HOST"] = host
     service.reset()
