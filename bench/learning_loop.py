@@ -162,6 +162,12 @@ def run_phase(
     }
 
 
+def report(name: str, phase: dict[str, Any]) -> None:
+    """A phase's figures as soon as it ends (a long run's early phases survive a cut)."""
+    shown = {k: v for k, v in phase.items() if k != "passed"}
+    print(f"phase {name}: {json.dumps(shown)}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--problems", type=int, default=30)
@@ -177,6 +183,7 @@ def main() -> None:
         assert s.api is not None
         with httpx.Client(base_url=s.api.url, timeout=120) as http:
             a = run_phase(http, problems, "a", base)
+            report("a", a)
             for problem, ok in zip(problems, a["passed"], strict=True):
                 if not ok:  # the user corrects memory: the right solution as knowledge
                     entry = problem["entry_point"]
@@ -186,8 +193,10 @@ def main() -> None:
                         "content": problem["prompt"] + problem["canonical_solution"],
                     })  # fmt: skip
             b = run_phase(http, problems, "b", base)
-            b_context = run_phase(http, problems, "b_no_reuse", {**base, "reuse": False})
+            report("b", b)
             c = run_phase(http, problems, "c", {**base, "use_memory": False})
+            report("c", c)
+            b_context = run_phase(http, problems, "b_no_reuse", {**base, "reuse": False})
     figures = {
         "bench": "learning_loop",
         "model": args.model,
