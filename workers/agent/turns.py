@@ -32,8 +32,6 @@ class Answer:
     finish_reason: FinishReason = "stop"
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    first_token_ms: float | None = None
-    turns: int = 0
 
 
 @dataclass
@@ -88,8 +86,8 @@ def answer(
         def should_stop(parser: ToolCallParser = parser) -> bool:
             return ctx.cancelled.is_set() or parser.stop_requested or stops.stopped
 
-        if window is not None and engine.prompt_tokens(conversation) >= window:
-            result.finish_reason = "length"
+        if parts and window is not None and engine.prompt_tokens(conversation) >= window:
+            result.finish_reason = "length"  # tool results filled the window
             break
         outcome = engine.generate(
             conversation,
@@ -98,11 +96,8 @@ def answer(
             should_stop=should_stop,
         )
         show(stops.feed(parser.finish()))
-        result.turns += 1
         result.prompt_tokens += outcome.prompt_tokens
         result.completion_tokens += outcome.completion_tokens
-        if result.first_token_ms is None:
-            result.first_token_ms = outcome.first_token_ms
         budget -= outcome.completion_tokens
         parts.append("".join(turn))
         call = parser.call
