@@ -1,0 +1,344 @@
+"""Batched generation: aggregate tokens/s and latencies at 1, 4, 8, 16 concurrent requests.
+
+Three parts, figures printed, then one JSON line:
+
+1. `api` (default on): a private stack whose generate worker is the batching one
+   (`python -m workers.generate_worker`, threads pool of 16). For each concurrency c, the
+   same c requests (distinct tasks, greedy, memory and tools off, EOS still honoured)
+   run one after another, then all at once through the API and SSE: aggregate tokens/s
+   of each, their ratio, p50 time to first token (submit → first token event) and p50
+   inter-token gap. Sequential and concurrent alternate per c, so load drift weighs on
+   both alike.
+2. `library` (in process): the engines that could serve a batch on this device, on the
+   same 8 prompts: sequential `generate_stream`, transformers' continuous batching
+   (`generate_batch`, paged cache) and our `StepBatcher` (8 threads calling `generate`).
+3. `--gpu` (CUDA only): deepseek-coder-6.7b-instruct's architecture
+   (bench/configs/deepseek-coder-6.7b-instruct.json) with random bf16 weights and the
+   tiny test tokenizer, EOS ignored: batch-1 decode tokens/s beside the bandwidth
+   bound (weight bytes / `--bandwidth-gbs`), and aggregate tokens/s at 1/8/32 through
+   `BatchedEngine` and through transformers' `generate_batch`.
+
+`python bench/batching.py --model bundled` (default), `--model tiny` for a quick run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._stack import percentile, stack
+from tests.support import GenerateWorker, build_test_model, parse_sse
+
+TASKS = [
+    "Write a Python function that reverses a string.",
+    "Write a Python function that returns the n-th Fibonacci number.",
+    "Write a Python function that checks whether a number is prime.",
+    "Write a Python function that merges two sorted lists.",
+    "Write a Python function that counts the vowels in a string.",
+    "Write a Python function that flattens a nested list.",
+    "Write a Python function that returns the factorial of n.",
+    "Write a Python function that removes duplicates from a list, keeping order.",
+    "Write a Python function that checks whether a string is a palindrome.",
+    "Write a Python function that computes the greatest common divisor of two ints.",
+    "Write a Python function that transposes a matrix given as a list of lists.",
+    "Write a Python function that parses a CSV line into fields.",
+    "Write a Python function that returns the largest element of a list.",
+    "Write a Python function that converts Celsius to Fahrenheit.",
+    "Write a Python function that counts words in a text.",
+    "Write a Python function that sums the digits of an integer.",
+]
+Run = dict[str, Any]
+DEEPSEEK_CONFIG = Path(__file__).resolve().parent / "configs" / "deepseek-coder-6.7b-instruct.json"
+
+
+def one_request(http: httpx.Client, task: str, tokens: int) -> Run:
+    body = {"task": task, "language": "python", "max_new_tokens": tokens, "temperature": 0,
+            "use_memory": False, "use_tools": False, "stream": True}  # fmt: skip
+    submitted = time.perf_counter()
+    marks: list[float] = []
+    done: dict[str, Any] = {}
+    with http.stream("POST", "/generate_code", json=body) as response:
+        for event in parse_sse(response.iter_lines()):
+            if event.event == "token":
+                marks.append(time.perf_counter())
+            elif event.event in ("done", "error"):
+                done = event.data
+                break
+    assert marks and "usage" in done, f"no generation: {done}"
+    # Events leave the worker in small batches (the pump lingers 10 ms), so single gaps
+    # can read 0: the inter-token latency of a request is its mean gap.
+    itl = (marks[-1] - marks[0]) * 1000 / max(1, len(marks) - 1)
+    return {"tokens": done["usage"]["completion_tokens"], "text": done["text"],
+            "ttft_ms": (marks[0] - submitted) * 1000, "itl_ms": itl,
+            "start": submitted, "end": marks[-1]}  # fmt: skip
+
+
+def run_set(http: httpx.Client, tasks: list[str], tokens: int, together: bool) -> dict[str, Any]:
+    runs: list[Run] = [{}] * len(tasks)
+    started = time.perf_counter()
+    if together:
+
+        def go(i: int) -> None:
+            runs[i] = one_request(http, tasks[i], tokens)
+
+        threads = [threading.Thread(target=go, args=(i,)) for i in range(len(tasks))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    else:
+        runs = [one_request(http, task, tokens) for task in tasks]
+    wall = time.perf_counter() - started
+    total = sum(r["tokens"] for r in runs)
+    return {
+        "tokens": total,
+        "wall_s": round(wall, 2),
+        "tok_s": round(total / wall, 2),
+        "ttft_ms_p50": round(percentile([r["ttft_ms"] for r in runs], 50), 1),
+        "itl_ms_p50": round(percentile([r["itl_ms"] for r in runs], 50), 2),
+        "texts": [r["text"] for r in runs],
+    }
+
+
+def api_part(model_id: str, tokens: int, levels: list[int], data_dir: Path) -> list[dict]:
+    env = {"CODELOOP_DATA_DIR": str(data_dir), "CODELOOP_GENERATE_MAX_BATCH": str(max(levels))}
+    results = []
+    with stack(model_id, [], extra_env=env) as s:
+        assert s.api is not None
+        worker = GenerateWorker(s.env, s.root / "generate.log", name="benchgen@%h")
+        try:
+            worker.wait_ready(600)
+            with httpx.Client(base_url=s.api.url, timeout=600) as http:
+                run_set(http, TASKS[:2], 8, together=True)  # warm-up
+                for c in levels:
+                    tasks = TASKS[:c]
+                    seq = run_set(http, tasks, tokens, together=False)
+                    con = run_set(http, tasks, tokens, together=True)
+                    same = seq.pop("texts") == con.pop("texts")
+                    row = {"concurrency": c, "sequential": seq, "concurrent": con,
+                           "speedup": round(con["tok_s"] / seq["tok_s"], 2),
+                           "greedy_outputs_equal": same}  # fmt: skip
+                    results.append(row)
+                    print(
+                        f"  c={c:2}: sequential {seq['tok_s']:7.1f} tok/s, concurrent "
+                        f"{con['tok_s']:7.1f} tok/s (x{row['speedup']}); TTFT p50 "
+                        f"{con['ttft_ms_p50']:.0f} ms, inter-token p50 {con['itl_ms_p50']:.1f} ms"
+                        f" (sequential {seq['itl_ms_p50']:.1f}); outputs equal: {same}"
+                    )
+        finally:
+            worker.stop()
+    base_itl = results[0]["concurrent"]["itl_ms_p50"]
+    for row in results:
+        row["itl_vs_c1"] = round(row["concurrent"]["itl_ms_p50"] / max(base_itl, 1e-9), 2)
+    return results
+
+
+def library_part(model_id: str, tokens: int, n: int, data_dir: Path) -> dict[str, Any]:
+    """Sequential vs transformers' continuous batching vs the step batcher, in process."""
+    from transformers import GenerationConfig
+
+    from workers.agent.batched import BatchedEngine
+    from workers.llm import SamplingParams, code_messages, generate_stream, load_model_with_gpu
+
+    loaded = load_model_with_gpu(model_id, device="cpu", data_dir=data_dir)
+    msgs = [code_messages(task, "python") for task in TASKS[:n]]
+    params = SamplingParams(max_new_tokens=tokens, temperature=0)
+    figures: dict[str, Any] = {"prompts": n, "max_new_tokens": tokens}
+
+    generate_stream(loaded, msgs[0], params, on_text=lambda _: None)  # warm-up
+    started = time.perf_counter()
+    done = sum(
+        generate_stream(loaded, m, params, on_text=lambda _: None).completion_tokens for m in msgs
+    )
+    figures["sequential_tok_s"] = round(done / (time.perf_counter() - started), 2)
+
+    engine = BatchedEngine(loaded, max_batch=n, cache_tokens=n * 4096)
+    counts = [0] * n
+
+    def go(i: int) -> None:
+        counts[i] = engine.generate(
+            msgs[i], params, on_text=lambda _: None, should_stop=lambda: False
+        ).completion_tokens
+
+    go(0)  # warm-up
+    started = time.perf_counter()
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    figures["step_batcher_tok_s"] = round(sum(counts) / (time.perf_counter() - started), 2)
+    engine.close()
+
+    ids = [
+        loaded.tokenizer.apply_chat_template(m, add_generation_prompt=True, return_dict=True)[
+            "input_ids"
+        ]
+        for m in msgs
+    ]
+    config = GenerationConfig(
+        max_new_tokens=tokens, do_sample=False, eos_token_id=loaded.eos_token_ids or None
+    )
+    for attn, name, cb in [
+        ("sdpa", "sdpa_default", None),
+        ("sdpa", "sdpa_tuned", cpu_cb_config(n)),
+        ("paged|eager", "paged_eager_tuned", cpu_cb_config(n)),
+    ]:
+        loaded.model.set_attn_implementation(attn)
+        kwargs: dict[str, Any] = {"generation_config": config, "progress_bar": False}
+        if cb is not None:
+            kwargs["continuous_batching_config"] = cb
+        try:
+            loaded.model.generate_batch(ids[:1], **kwargs)  # warm-up
+            started = time.perf_counter()
+            out = loaded.model.generate_batch(ids, **kwargs)
+            made = sum(len(o.generated_tokens) for o in out.values())
+            figures[f"generate_batch_{name}_tok_s"] = round(
+                made / (time.perf_counter() - started), 2
+            )
+        except Exception as exc:  # report what the library refused, keep measuring
+            figures[f"generate_batch_{name}_error"] = f"{type(exc).__name__}: {exc}"[:200]
+    loaded.model.set_attn_implementation("sdpa")
+    base = figures["sequential_tok_s"]
+    for key in list(figures):
+        if key.endswith("_tok_s") and key != "sequential_tok_s":
+            figures[key.replace("_tok_s", "_vs_sequential")] = round(figures[key] / base, 2)
+    print("  " + ", ".join(f"{k} {v}" for k, v in figures.items()))
+    return figures
+
+
+def cpu_cb_config(n: int) -> Any:
+    """transformers' CB sized for a CPU: its defaults size the paged cache from GPU memory
+    and measured ~12x slower than these (small pages, a bounded cache, no CUDA graphs)."""
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    return ContinuousBatchingConfig(
+        page_size=32, num_blocks=128, max_batch_tokens=512, max_requests_per_batch=n,
+        use_cuda_graph=False, use_async_batching=False, allow_block_sharing=False,
+    )  # fmt: skip
+
+
+def gpu_part(tokens: int, bandwidth_gbs: float, config_path: Path, device: str) -> dict[str, Any]:
+    """The 6.7B architecture with random bf16 weights on CUDA (see module docstring).
+
+    `config_path`/`device` exist so the code path can be smoke-run on CPU with a small
+    config; the figures only mean something for the 6.7B config on a GPU."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from workers.agent.batched import BatchedEngine
+    from workers.llm import LoadedModel, SamplingParams
+
+    config = AutoConfig.from_pretrained(config_path)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).to(device).eval()
+    tiny = build_test_model(Path(tempfile.mkdtemp(prefix="tok-")))
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    model.generation_config.eos_token_id = None  # EOS ignored: every run is `tokens` long
+    loaded = LoadedModel(model, tokenizer, "random-weights", device, "bfloat16", [])
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    figures: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if device.startswith("cuda") else device,
+        "weight_gb": round(weight_bytes / 1e9, 2),
+        "bandwidth_gbs": bandwidth_gbs,
+        "bandwidth_bound_tok_s": round(bandwidth_gbs * 1e9 / weight_bytes, 1),
+    }
+    params = SamplingParams(max_new_tokens=tokens, temperature=0)
+    for c in (1, 8, 32):
+        engine = BatchedEngine(loaded, max_batch=c, cache_tokens=c * 4096)
+        msgs = [[{"role": "user", "content": TASKS[i % len(TASKS)]}] for i in range(c)]
+        counts = [0] * c
+
+        def go(i: int, engine: BatchedEngine = engine, msgs: list = msgs, counts=counts) -> None:
+            counts[i] = engine.generate(
+                msgs[i], params, on_text=lambda _: None, should_stop=lambda: False
+            ).completion_tokens
+
+        go(0)  # warm-up
+        sync()
+        started = time.perf_counter()
+        threads = [threading.Thread(target=go, args=(i,)) for i in range(c)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        figures[f"step_batcher_c{c}_tok_s"] = round(
+            sum(counts) / (time.perf_counter() - started), 1
+        )
+        engine.close()
+        ids = [
+            tokenizer.apply_chat_template(m, add_generation_prompt=True, return_dict=True)[
+                "input_ids"
+            ]
+            for m in msgs
+        ]
+        gen = GenerationConfig(max_new_tokens=tokens, do_sample=False, eos_token_id=-1)
+        try:
+            model.generate_batch(ids[:1], generation_config=gen, progress_bar=False)
+            sync()
+            started = time.perf_counter()
+            out = model.generate_batch(ids, generation_config=gen, progress_bar=False)
+            made = sum(len(o.generated_tokens) for o in out.values())
+            figures[f"generate_batch_c{c}_tok_s"] = round(made / (time.perf_counter() - started), 1)
+        except Exception as exc:
+            figures[f"generate_batch_c{c}_error"] = f"{type(exc).__name__}: {exc}"[:200]
+        print(f"  c={c}: " + ", ".join(f"{k} {v}" for k, v in figures.items() if f"c{c}_" in k))
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="bundled", help="bundled, tiny, or a model path")
+    parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--levels", default="1,4,8,16")
+    parser.add_argument("--skip-api", action="store_true")
+    parser.add_argument("--skip-library", action="store_true")
+    parser.add_argument("--gpu", action="store_true", help="the 6.7B random-weight run (CUDA)")
+    parser.add_argument("--gpu-tokens", type=int, default=128)
+    parser.add_argument("--bandwidth-gbs", type=float, default=4800.0, help="H200: 4800")
+    parser.add_argument("--gpu-config", type=Path, default=DEEPSEEK_CONFIG)
+    parser.add_argument("--gpu-device", default="cuda")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    data_dir = Path(os.environ.get("CODELOOP_DATA_DIR", "./data")).resolve()
+    model_id = args.model
+    if model_id == "tiny":
+        model_id = str(build_test_model(Path(tempfile.mkdtemp(prefix="tiny-"))))
+    out: dict[str, Any] = {"bench": "batching", "model": args.model, "tokens": args.tokens,
+                           "loadavg_start": os.getloadavg()}  # fmt: skip
+    if not args.skip_library:
+        import torch
+
+        torch.set_num_threads(1)
+        print("in process, 8 prompts:")
+        out["library"] = library_part(model_id, args.tokens, 8, data_dir)
+    if not args.skip_api:
+        print("through the API (batching generate worker):")
+        levels = [int(x) for x in args.levels.split(",")]
+        out["api"] = api_part(model_id, args.tokens, levels, data_dir)
+    if args.gpu:
+        print("GPU, deepseek-coder-6.7b architecture, random bf16 weights:")
+        out["gpu"] = gpu_part(args.gpu_tokens, args.bandwidth_gbs, args.gpu_config, args.gpu_device)
+    out["loadavg_end"] = os.getloadavg()
+    if "api" in out:
+        by_c = {row["concurrency"]: row for row in out["api"]}
+        if 8 in by_c:
+            out["speedup_at_8"] = by_c[8]["speedup"]
+            out["itl_p50_at_8_vs_1"] = by_c[8]["itl_vs_c1"]
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
