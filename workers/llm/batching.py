@@ -172,6 +172,7 @@ class StepBatcher:
             attention_mask=torch.ones_like(ids),
             cache=cache,
             use_cache=True,
+            logits_to_keep=1,  # the last position's logits only, not prompt x vocabulary
         )
         if any(type(layer).__name__ != "DynamicLayer" for layer in _layers(cache)):
             raise RuntimeError("step batching needs full-attention layers (a plain DynamicCache)")
