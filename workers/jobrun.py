@@ -296,7 +296,9 @@ def _hand_back(client: redis.Redis, ctx: JobContext) -> None:
         with session_scope() as session:
             job = session.get(Job, ctx.job_id)
             if job is not None and job.status == names.RUNNING and job.attempts == ctx.attempt:
-                requeue_lost_run(session, client, celery_app, get_settings(), job)
+                requeue_lost_run(
+                    session, client, celery_app, get_settings(), job, ctx.events.unfenced()
+                )
     except Exception as exc:  # Redis or the broker still away: the reconciler will do it
         log.warning("job %s: not handed back (%s); left to the reconciler", ctx.job_id, exc)
 

@@ -60,14 +60,22 @@ def reconcile_once(
 
 
 def requeue_lost_run(
-    session: Session, client: redis.Redis, celery: Celery, settings: Settings, job: Job
+    session: Session,
+    client: redis.Redis,
+    celery: Celery,
+    settings: Settings,
+    job: Job,
+    writer: EventWriter | None = None,
 ) -> str | None:
     """A running job whose runner lost its lease: `retrying` and sent again ("retried"),
     or failed once its attempts are spent ("failed"); None if someone else moved first.
 
     Fenced by the attempt seen, so it is safe from anyone: the reconciler, or the run
-    that noticed its own lease gone (`workers/jobrun.py`)."""
-    writer = EventWriter(client, job.id, maxlen=settings.stream_maxlen, ttl_s=settings.stream_ttl_s)
+    that noticed its own lease gone (`workers/jobrun.py`), whose `writer` knows the
+    event log: if Redis lost it, the log's numbering carries on from there."""
+    writer = writer or EventWriter(
+        client, job.id, maxlen=settings.stream_maxlen, ttl_s=settings.stream_ttl_s
+    )
     if job.attempts >= settings.job_max_attempts:
         error = {
             "type": "worker_lost",

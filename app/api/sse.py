@@ -98,9 +98,9 @@ async def follow_batches(
             yield replay.batch
         if replay.finished:
             return
-        if not replay.batch and sent == 0 and epoch is None:
+        if not replay.batch:
             final = await final_event()
-            if final is not None:  # over, and its events have expired
+            if final is not None:  # over: its events expired, or the client saw them all
                 yield _final_batch(final)
                 return
         while True:

@@ -92,18 +92,21 @@ def split_message(raw: bytes) -> list[WireEvent]:
 
 # KEYS: seq, stream, progress, batches, lease, epoch
 # ARGV: maxlen, ttl, channel, progress-or-"", batch-id-or-"", lease-token-or-"", epoch,
-#       then (type, data-json) pairs
+#       last seq this writer saw, then (type, data-json) pairs
+# Returns {epoch, seq, seq, ...}.
 # One INCRBY and one PUBLISH per call (live delivery pays per message, not per event),
 # one XADD per event (replay is by id). A batch id already seen returns its first
 # seqs again and writes nothing (a retry whose first try ran but lost its reply). A
 # lease token that no longer holds the lease refuses the write (a run that lost its
-# job). A new counter gets a new epoch: the relay's sign that Redis lost the job's log.
+# job). A missing counter is created from the writer's epoch and last seq: a writer
+# that knew the log (Redis lost it under a live run) carries on its numbering, same
+# epoch; a fresh one starts a new epoch at 1, the relay's sign the log was lost.
 _APPEND_LUA = """
-local n = (#ARGV - 7) / 2
+local n = (#ARGV - 8) / 2
 if ARGV[5] ~= '' then
   local first = redis.call('HGET', KEYS[4], ARGV[5])
   if first then
-    local again = {}
+    local again = {redis.call('GET', KEYS[6]) or ARGV[7]}
     for i = 0, n - 1 do again[#again + 1] = tonumber(first) + i end
     return again
   end
@@ -113,11 +116,12 @@ if ARGV[6] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[6] then
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('SET', KEYS[6], ARGV[7], 'EX', ARGV[2])
+  redis.call('SET', KEYS[1], ARGV[8], 'EX', ARGV[2])
 end
-local seqs = {}
+local seqs = {redis.call('GET', KEYS[6]) or ARGV[7]}
 local payloads = {}
 local seq = redis.call('INCRBY', KEYS[1], n) - n
-for i = 8, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   seq = seq + 1
   local payload = '{"seq":' .. seq .. ',"type":"' .. ARGV[i] .. '","data":' .. ARGV[i + 1] .. '}'
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], seq .. '-0', 'e', payload)
@@ -128,7 +132,7 @@ if #payloads > 0 then
   redis.call('PUBLISH', ARGV[3], table.concat(payloads, '\\n'))
 end
 if ARGV[5] ~= '' and n > 0 then
-  redis.call('HSET', KEYS[4], ARGV[5], seqs[1])
+  redis.call('HSET', KEYS[4], ARGV[5], seqs[2])
   redis.call('EXPIRE', KEYS[4], ARGV[2])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
@@ -176,12 +180,18 @@ class EventWriter:
         self._maxlen = maxlen
         self._ttl = ttl_s
         self._lease_token = lease_token
-        self._epoch = uuid.uuid4().hex[:12]
+        # The log this writer knows: adopted from every reply, so that if Redis loses the
+        # log its next append carries on from here (see _APPEND_LUA).
+        self.epoch = uuid.uuid4().hex[:12]
+        self.last_seq = 0
         self._script = client.register_script(_APPEND_LUA)
 
     def unfenced(self) -> EventWriter:
-        """The same job's writer without the lease check (for what SQL already decided)."""
-        return EventWriter(self._client, self._job_id, maxlen=self._maxlen, ttl_s=self._ttl)
+        """The same job's writer without the lease check (for what SQL already decided),
+        knowing the log as this one does."""
+        writer = EventWriter(self._client, self._job_id, maxlen=self._maxlen, ttl_s=self._ttl)
+        writer.epoch, writer.last_seq = self.epoch, self.last_seq
+        return writer
 
     def emit(self, type_: str, data: dict[str, Any], *, progress_tokens: int | None = None) -> int:
         return self.emit_many([(type_, data)], progress_tokens=progress_tokens)[0]
@@ -198,7 +208,7 @@ class EventWriter:
         args: list[Any] = [
             self._maxlen, self._ttl, self._channel,
             "" if progress_tokens is None else str(progress_tokens),
-            batch_id or "", self._lease_token or "", self._epoch,
+            batch_id or "", self._lease_token or "", self.epoch, self.last_seq,
         ]  # fmt: skip
         for type_, data in events:
             if type_ not in EVENT_TYPES:
@@ -210,7 +220,12 @@ class EventWriter:
             if str(exc).startswith("FENCED"):
                 raise Fenced(str(exc)) from exc
             raise
-        return [int(seq) for seq in reply]
+        epoch, *seqs = reply
+        self.epoch = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
+        numbers = [int(seq) for seq in seqs]
+        if numbers:
+            self.last_seq = max(self.last_seq, numbers[-1])
+        return numbers
 
 
 # Replay reads the stream in pages: one XRANGE never returns an unbounded reply.

@@ -32,9 +32,7 @@ def test_a_reconnect_with_last_event_id_to_a_finished_job_whose_stream_expired_e
 
 
 @pytest.mark.slow
-def test_a_stream_whose_redis_lost_the_log_mid_job_ends_with_the_final_state_from_sql(
-    service_env, tmp_path
-):
+def test_a_stream_whose_redis_lost_the_log_mid_job_goes_on_with_correct_ids(service_env, tmp_path):
     """The bug: the per-job seq counter lived only in Redis; after a flush it restarted
     at 1, the relay dropped every `seq <= sent` as a duplicate and the client silently
     lost the rest of the job, `done` included, and hung."""
@@ -61,9 +59,14 @@ def test_a_stream_whose_redis_lost_the_log_mid_job_ends_with_the_final_state_fro
         worker.stop()
         api.stop()
         server.stop()
-    assert job["status"] == "succeeded", job
+    assert job["status"] == "succeeded" and job["attempts"] == 2, job
+    # The run that knew the log handed the job back under its numbering: the stream
+    # goes on with correct ids (a relay that noticed the loss first would instead end
+    # with SQL's final state; either way nothing is silently missed).
     events = follower.events
-    ids = [e.id for e in events[:-1]]
-    assert ids == list(range(1, len(ids) + 1)), "ids must never go back or repeat"
+    statuses = [(e.data["status"], e.data["attempt"]) for e in events if e.event == "status"]
+    assert statuses == [("running", 1), ("retrying", 1), ("running", 2)], statuses
+    assert [e.id for e in events] == list(range(1, len(events) + 1)), "ids must go on"
     assert events[-1].event == "done" and events[-1].data == job["result"]
     assert late.events[-1].event == "done" and late.events[-1].data == job["result"]
+    assert all(e.id is None or e.id > seen for e in late.events)

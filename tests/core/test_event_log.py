@@ -46,7 +46,12 @@ def test_the_same_batch_id_appends_once_and_returns_the_first_seqs(redis_client)
     assert 0 < redis_client.ttl(names.event_batches_key("b1")) <= 60
 
 
-def test_a_log_that_redis_lost_starts_again_under_a_new_epoch(redis_url, redis_client):
+def test_a_log_that_redis_lost_goes_on_from_a_writer_that_knew_it_or_starts_a_new_epoch(
+    redis_url, redis_client
+):
+    """The bug: the per-job seq counter lived only in Redis and restarted at 1 after a
+    flush, so relays dropped the rest of the job as duplicates."""
+
     async def state() -> tuple[str | None, int | None]:
         client = aioredis.Redis.from_url(redis_url)
         try:
@@ -61,7 +66,12 @@ def test_a_log_that_redis_lost_starts_again_under_a_new_epoch(redis_url, redis_c
     epoch, last = asyncio.run(state())
     assert epoch is not None and last == 2  # a second writer keeps the log's epoch
     redis_client.flushdb()
-    writer.emit("token", {"index": 2, "text": ""})
+    # A writer that knew the log carries on its numbering, under the same epoch.
+    assert writer.unfenced().emit("token", {"index": 2, "text": ""}) == 3
+    assert asyncio.run(state()) == (epoch, 3)
+    redis_client.flushdb()
+    # One that never wrote to it cannot know: a new epoch, from 1.
+    EventWriter(redis_client, "e1", maxlen=100, ttl_s=60).emit("status", {"status": "x"})
     new_epoch, last = asyncio.run(state())
     assert last == 1 and new_epoch not in (None, epoch)
 
