@@ -13,7 +13,12 @@ import sys
 from typing import Any
 
 from celery import Celery
-from celery.signals import celeryd_after_setup, worker_process_init, worker_process_shutdown
+from celery.signals import (
+    celeryd_after_setup,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 
 from app.core import db
 from app.core.celery_config import celery_config
@@ -69,6 +74,7 @@ def _init_process(**_kwargs: Any) -> None:
 
 
 @worker_process_shutdown.connect
+@worker_shutdown.connect  # a threads pool's only process (prefork's parent holds no replica)
 def _shutdown_process(**_kwargs: Any) -> None:
     """Save the index replica (if this process holds one) so the next start loads it."""
     if sys.modules.get("workers.retrieval.service") is not None:
