@@ -13,6 +13,7 @@ why there is no tunnel when there is none).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shlex
@@ -192,11 +193,9 @@ def _wait_for(stack: ColabStack, path: str, timeout: float) -> None:
         if stack.process.poll() is not None:
             tail = stack.log_path.read_text(errors="replace")[-2000:]
             raise RuntimeError(f"codeloop up exited ({stack.process.returncode}):\n{tail}")
-        try:
+        with contextlib.suppress(httpx.HTTPError):  # not listening yet
             if httpx.get(stack.local_url + path, timeout=3).status_code == 200:
                 return
-        except httpx.HTTPError:
-            pass
         time.sleep(0.5)
     raise RuntimeError(f"{stack.local_url}{path} not ready after {timeout:.0f}s "
                        f"(see {stack.log_path})")  # fmt: skip

@@ -154,10 +154,9 @@ def tool_round_trip(root: Path, calls: int) -> dict[str, Any]:
                 started = time.perf_counter()
                 job = http.post("/execute_code", json={"language": "python", "code": "print(1)"})
                 job_id = job.json()["id"]
-                while http.get(f"/jobs/{job_id}", params={"wait": 30}).json()["status"] not in (
-                    "succeeded", "failed",
-                ):  # fmt: skip
-                    pass
+                status = "queued"
+                while status not in ("succeeded", "failed"):
+                    status = http.get(f"/jobs/{job_id}", params={"wait": 30}).json()["status"]
                 if i:  # the first of each warms up
                     inside.append((back - sent) * 1000)
                     direct.append((time.perf_counter() - started) * 1000)
