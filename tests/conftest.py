@@ -25,6 +25,7 @@ import httpx
 import pytest
 import redis
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.core import db
 from app.core.config import reset_settings_cache
@@ -161,6 +162,19 @@ def postgres_url(postgres_database: str) -> str:
 def any_db_url(request: pytest.FixtureRequest) -> str:
     """Runs the test once on SQLite and once on PostgreSQL."""
     return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+@pytest.fixture
+def engine(any_db_url: str) -> Iterator[Engine]:
+    """An SQLAlchemy engine on `any_db_url` (SQLite, then PostgreSQL)."""
+    engine = db.make_engine(any_db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
 
 
 @pytest.fixture(scope="session")

@@ -4,15 +4,13 @@ and retriever replicas on the suite's SQLite / PostgreSQL databases.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import Settings
-from app.core.db import make_engine
 from workers.retrieval.embedder import Embedder, get_embedder
 from workers.retrieval.retriever import FeedbackAwareRetriever
 from workers.retrieval.vector_index import HnswParams
@@ -25,18 +23,6 @@ def embedder() -> Embedder:
     model = get_embedder("all-MiniLM-L6-v2")
     model.encode(["warm up"])
     return model
-
-
-@pytest.fixture
-def engine(any_db_url: str) -> Iterator[Engine]:
-    engine = make_engine(any_db_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def sessions(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
 
 
 @pytest.fixture
