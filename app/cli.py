@@ -1,4 +1,5 @@
-"""The `codeloop` command: `up`, `keys`, `migrate`, `model`, `knowledge`, `dashboard`.
+"""The `codeloop` command: `up`, `keys`, `workspaces`, `migrate`, `model`, `knowledge`,
+`dashboard`.
 
 Kept free of torch at import time: `codeloop keys create` must be instant.
 """
@@ -34,26 +35,61 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
     from app.core.auth import create_key, revoke_key
     from app.core.db import migrate, session_scope
-    from app.core.models import ApiKey
+    from app.core.errors import ApiError
+    from app.core.models import ApiKey, Workspace
+    from app.core.workspaces import workspace_named
 
     migrate()
     with session_scope() as session:
         if args.keys_cmd == "create":
-            row, secret = create_key(session, args.name)
+            try:
+                workspace = workspace_named(session, args.workspace)
+            except ApiError as exc:
+                hint = f"; create it with: codeloop workspaces create {args.workspace}"
+                print(f"{exc.message}{hint if exc.status_code == 404 else ''}", file=sys.stderr)
+                return 1
+            row, secret = create_key(session, args.name, workspace=workspace.id)
             print(secret)
-            print(f"created key {row.id} ({row.prefix}…) named {row.name!r}; it is shown once",
-                  file=sys.stderr)  # fmt: skip
+            print(f"created key {row.id} ({row.prefix}…) named {row.name!r} in workspace "
+                  f"{workspace.name!r}; it is shown once", file=sys.stderr)  # fmt: skip
             return 0
         if args.keys_cmd == "list":
-            for row in session.scalars(select(ApiKey).order_by(ApiKey.created_at)):
+            rows = session.execute(
+                select(ApiKey, Workspace.name)
+                .outerjoin(Workspace, Workspace.id == ApiKey.workspace_id)
+                .order_by(ApiKey.created_at)
+            )
+            for row, workspace_name in rows:
                 state = "revoked" if row.revoked_at else "active"
-                print(f"{row.id}  {row.prefix}…  {state:8}  {row.name}")
+                where = workspace_name or row.workspace_id
+                print(f"{row.id}  {row.prefix}…  {state:8}  {where:20}  {row.name}")
             return 0
         if revoke_key(session, args.id):
             print(f"revoked {args.id}")
             return 0
         print(f"no active key {args.id}", file=sys.stderr)
         return 1
+
+
+def _cmd_workspaces(args: argparse.Namespace) -> int:
+    from app.core.db import migrate, session_scope
+    from app.core.errors import ApiError
+    from app.core.workspaces import create_workspace, list_workspaces
+
+    migrate()
+    with session_scope() as session:
+        if args.workspaces_cmd == "create":
+            try:
+                row = create_workspace(session, args.name)
+            except ApiError as exc:
+                print(exc.message, file=sys.stderr)
+                return 1
+            print(f"created workspace {row.name!r} ({row.id}); add keys with: "
+                  f"codeloop keys create --workspace {row.name}")  # fmt: skip
+            return 0
+        for workspace, keys in list_workspaces(session):
+            print(f"{workspace.id}  {workspace.name:20}  {keys} active key(s)")
+        return 0
 
 
 def _cmd_model(_args: argparse.Namespace) -> int:
@@ -109,10 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
     create = keys_sub.add_parser("create", help="create a key and print it (once)")
     create.add_argument("--name", default="default")
-    keys_sub.add_parser("list", help="list keys (never their secrets)")
+    create.add_argument(
+        "--workspace", default="default",
+        help="the workspace whose memory the key shares (must exist; default: default)",
+    )  # fmt: skip
+    keys_sub.add_parser("list", help="list keys and their workspaces (never their secrets)")
     revoke = keys_sub.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("id")
     keys.set_defaults(func=_cmd_keys)
+
+    workspaces = sub.add_parser("workspaces", help="manage workspaces (who shares memory)")
+    workspaces_sub = workspaces.add_subparsers(dest="workspaces_cmd", required=True)
+    workspaces_sub.add_parser("create", help="create a workspace").add_argument("name")
+    workspaces_sub.add_parser("list", help="list workspaces and their active keys")
+    workspaces.set_defaults(func=_cmd_workspaces)
 
     sub.add_parser("model", help="load the configured model once (prepares the bundled one)")\
         .set_defaults(func=_cmd_model)  # fmt: skip

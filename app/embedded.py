@@ -196,8 +196,9 @@ def run_embedded(api_port: int | None = None, flower_port: int = 5555) -> int:
                            "--schedule", str(data / "celerybeat-schedule")], env)  # fmt: skip
         sup.start("api", [sys.executable, "-m", "uvicorn", "app.main:app",
                           "--host", settings.api_host, "--port", str(port)], env)  # fmt: skip
-        sup.start("flower", [*celery, "flower", "--address=127.0.0.1", f"--port={flower_port}",
-                             f"--basic-auth={flower_auth}"], env)  # fmt: skip
+        # Flower reads its password from FLOWER_BASIC_AUTH: never on a command line.
+        sup.start("flower", [*celery, "flower", "--address=127.0.0.1", f"--port={flower_port}"],
+                  {**env, "FLOWER_BASIC_AUTH": flower_auth})  # fmt: skip
         _wait_port(port, sup, 60, "the API")
         _banner(port, flower_port, flower_auth, logs)
         while not stopping:

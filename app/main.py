@@ -18,6 +18,7 @@ from app.api.deps import AuthGate
 from app.api.errors import install_error_handlers
 from app.api.event_hub import EventHub
 from app.api.limits import BodySizeLimit
+from app.api.quotas import Quotas
 from app.api.routes import ROUTERS
 from app.core.celery_config import make_producer
 from app.core.config import get_settings
@@ -42,6 +43,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.auto_migrate:
         migrate(settings.database_url)
     app.state.auth = AuthGate(settings)
+    app.state.quotas = Quotas(settings)
     app.state.redis = aioredis.Redis.from_url(settings.redis_url, max_connections=200)
     app.state.redis_sync = redis.Redis.from_url(settings.redis_url)
     app.state.celery = make_producer(settings)
@@ -53,6 +55,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await app.state.hub.stop()
         await app.state.redis.aclose()
         app.state.redis_sync.close()
+        app.state.quotas.close()
 
 
 def create_app() -> FastAPI:

@@ -46,7 +46,11 @@ def stack(
         "CODELOOP_MODEL_DEVICE": "cpu",
         "CODELOOP_AUTH": "off",
         "CODELOOP_TORCH_THREADS": "1",
-        "CODELOOP_MAX_QUEUED_JOBS_PER_OWNER": "100000",
+        # Benchmarks measure the service, not its quotas: every limit off.
+        "CODELOOP_QUOTA_REQUESTS_PER_MINUTE": "0",
+        "CODELOOP_QUOTA_CONCURRENT_JOBS": "0",
+        "CODELOOP_QUOTA_TOKENS_PER_DAY": "0",
+        "CODELOOP_QUEUE_MAX_DEPTH": "0",
         "OMP_NUM_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
         **(extra_env or {}),

@@ -1,24 +1,24 @@
 """Batched generation: aggregate tokens/s and latencies at 1, 4, 8, 16 concurrent requests.
 
-Three parts, figures printed, then one JSON line:
+Two parts, figures printed, then one JSON line:
 
 1. `api` (default on): a private stack whose generate worker is the batching one
-   (`python -m workers.generate_worker`, threads pool of 16). For each concurrency c, the
-   same c requests (distinct tasks, greedy, memory and tools off, EOS still honoured)
-   run one after another, then all at once through the API and SSE: aggregate tokens/s
-   of each, their ratio, p50 time to first token (submit → first token event) and p50
-   inter-token gap. Sequential and concurrent alternate per c, so load drift weighs on
-   both alike.
+   (`python -m workers.generate_worker`, threads pool of 16), once per batcher in
+   `--batching` (default `step,paged`: `GENERATE_BATCHING` forced). For each
+   concurrency c, the same c requests (distinct tasks, greedy, memory and tools off,
+   EOS still honoured) run one after another, then all at once through the API and SSE:
+   aggregate tokens/s of each, their ratio, p50 time to first token (submit → first
+   token event) and p50 inter-token gap. Sequential and concurrent alternate per c, so
+   load drift weighs on both alike.
 2. `library` (in process): the engines that could serve a batch on this device, on the
-   same 8 prompts: sequential `generate_stream`, transformers' continuous batching
-   (`generate_batch`, paged cache) and our `StepBatcher` (8 threads calling `generate`).
-3. `--gpu` (CUDA only): deepseek-coder-6.7b-instruct's architecture
-   (bench/configs/deepseek-coder-6.7b-instruct.json) with random bf16 weights and the
-   tiny test tokenizer, EOS ignored: batch-1 decode tokens/s beside the bandwidth
-   bound (weight bytes / `--bandwidth-gbs`), and aggregate tokens/s at 1/8/32 through
-   `BatchedEngine` and through transformers' `generate_batch`.
+   same 8 prompts: sequential `generate_stream`, our `StepBatcher` and our
+   `PagedBatcher` (transformers' `ContinuousBatchingManager` with per-request sampling;
+   8 threads calling `BatchedEngine.generate`), and transformers' own `generate_batch`
+   (paged cache, no streaming) for reference. Step and paged alternate over `--rounds`.
 
-`python bench/batching.py --model bundled` (default), `--model tiny` for a quick run.
+The GPU figures (deepseek-coder-6.7b's architecture, random bf16 weights) are
+`bench/batching_gpu.py`. `python bench/batching.py --model bundled` (default),
+`--model tiny` for a quick run.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -59,7 +60,6 @@ TASKS = [
     "Write a Python function that sums the digits of an integer.",
 ]
 Run = dict[str, Any]
-DEEPSEEK_CONFIG = Path(__file__).resolve().parent / "configs" / "deepseek-coder-6.7b-instruct.json"
 
 
 def one_request(http: httpx.Client, task: str, tokens: int) -> Run:
@@ -111,8 +111,11 @@ def run_set(http: httpx.Client, tasks: list[str], tokens: int, together: bool) -
     }
 
 
-def api_part(model_id: str, tokens: int, levels: list[int], data_dir: Path) -> list[dict]:
-    env = {"CODELOOP_DATA_DIR": str(data_dir), "CODELOOP_GENERATE_MAX_BATCH": str(max(levels))}
+def api_part(
+    model_id: str, tokens: int, levels: list[int], data_dir: Path, batching: str
+) -> list[dict]:
+    env = {"CODELOOP_DATA_DIR": str(data_dir), "CODELOOP_GENERATE_MAX_BATCH": str(max(levels)),
+           "CODELOOP_GENERATE_BATCHING": batching}  # fmt: skip
     results = []
     with stack(model_id, [], extra_env=env) as s:
         assert s.api is not None
@@ -148,8 +151,26 @@ def api_part(model_id: str, tokens: int, levels: list[int], data_dir: Path) -> l
     return results
 
 
-def library_part(model_id: str, tokens: int, n: int, data_dir: Path) -> dict[str, Any]:
-    """Sequential vs transformers' continuous batching vs the step batcher, in process."""
+def concurrent_tok_s(engine: Any, msgs: list[Any], params: Any) -> float:
+    """Aggregate tokens/s of one thread per prompt calling `engine.generate` at once."""
+    counts = [0] * len(msgs)
+
+    def go(i: int) -> None:
+        counts[i] = engine.generate(
+            msgs[i], params, on_text=lambda _: None, should_stop=lambda: False
+        ).completion_tokens
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(msgs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(counts) / (time.perf_counter() - started)
+
+
+def library_part(model_id: str, tokens: int, n: int, data_dir: Path, rounds: int) -> dict[str, Any]:
+    """Sequential vs the step batcher vs the paged batcher (and `generate_batch`), in process."""
     from transformers import GenerationConfig
 
     from workers.agent.batched import BatchedEngine
@@ -167,23 +188,23 @@ def library_part(model_id: str, tokens: int, n: int, data_dir: Path) -> dict[str
     )
     figures["sequential_tok_s"] = round(done / (time.perf_counter() - started), 2)
 
-    engine = BatchedEngine(loaded, max_batch=n, cache_tokens=n * 4096)
-    counts = [0] * n
-
-    def go(i: int) -> None:
-        counts[i] = engine.generate(
-            msgs[i], params, on_text=lambda _: None, should_stop=lambda: False
-        ).completion_tokens
-
-    go(0)  # warm-up
-    started = time.perf_counter()
-    threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    figures["step_batcher_tok_s"] = round(sum(counts) / (time.perf_counter() - started), 2)
-    engine.close()
+    engines = {
+        "step_batcher": BatchedEngine(loaded, max_batch=n, cache_tokens=n * 4096),
+        "paged_batcher": BatchedEngine(
+            loaded, max_batch=n, cache_tokens=n * 2048, kind="paged",
+            page_size=32, max_batch_tokens=512,
+        ),
+    }  # fmt: skip
+    rates: dict[str, list[float]] = {name: [] for name in engines}
+    for engine in engines.values():
+        concurrent_tok_s(engine, msgs[:1], params)  # warm-up
+    for _ in range(rounds):  # alternated, so load drift weighs on both alike
+        for name, engine in engines.items():
+            rates[name].append(concurrent_tok_s(engine, msgs, params))
+    for name, engine in engines.items():
+        engine.close()
+        figures[f"{name}_tok_s"] = round(statistics.median(rates[name]), 2)
+        figures[f"{name}_rounds_tok_s"] = [round(r, 2) for r in rates[name]]
 
     ids = [
         loaded.tokenizer.apply_chat_template(m, add_generation_prompt=True, return_dict=True)[
@@ -216,7 +237,7 @@ def library_part(model_id: str, tokens: int, n: int, data_dir: Path) -> dict[str
     loaded.model.set_attn_implementation("sdpa")
     base = figures["sequential_tok_s"]
     for key in list(figures):
-        if key.endswith("_tok_s") and key != "sequential_tok_s":
+        if key.endswith("_tok_s") and key != "sequential_tok_s" and "rounds" not in key:
             figures[key.replace("_tok_s", "_vs_sequential")] = round(figures[key] / base, 2)
     print("  " + ", ".join(f"{k} {v}" for k, v in figures.items()))
     return figures
@@ -233,75 +254,6 @@ def cpu_cb_config(n: int) -> Any:
     )  # fmt: skip
 
 
-def gpu_part(tokens: int, bandwidth_gbs: float, config_path: Path, device: str) -> dict[str, Any]:
-    """The 6.7B architecture with random bf16 weights on CUDA (see module docstring).
-
-    `config_path`/`device` exist so the code path can be smoke-run on CPU with a small
-    config; the figures only mean something for the 6.7B config on a GPU."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-
-    from workers.agent.batched import BatchedEngine
-    from workers.llm import LoadedModel, SamplingParams
-
-    config = AutoConfig.from_pretrained(config_path)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).to(device).eval()
-    tiny = build_test_model(Path(tempfile.mkdtemp(prefix="tok-")))
-    tokenizer = AutoTokenizer.from_pretrained(tiny)
-    model.generation_config.eos_token_id = None  # EOS ignored: every run is `tokens` long
-    loaded = LoadedModel(model, tokenizer, "random-weights", device, "bfloat16", [])
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    figures: dict[str, Any] = {
-        "device": torch.cuda.get_device_name() if device.startswith("cuda") else device,
-        "weight_gb": round(weight_bytes / 1e9, 2),
-        "bandwidth_gbs": bandwidth_gbs,
-        "bandwidth_bound_tok_s": round(bandwidth_gbs * 1e9 / weight_bytes, 1),
-    }
-    params = SamplingParams(max_new_tokens=tokens, temperature=0)
-    for c in (1, 8, 32):
-        engine = BatchedEngine(loaded, max_batch=c, cache_tokens=c * 4096)
-        msgs = [[{"role": "user", "content": TASKS[i % len(TASKS)]}] for i in range(c)]
-        counts = [0] * c
-
-        def go(i: int, engine: BatchedEngine = engine, msgs: list = msgs, counts=counts) -> None:
-            counts[i] = engine.generate(
-                msgs[i], params, on_text=lambda _: None, should_stop=lambda: False
-            ).completion_tokens
-
-        go(0)  # warm-up
-        sync()
-        started = time.perf_counter()
-        threads = [threading.Thread(target=go, args=(i,)) for i in range(c)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        figures[f"step_batcher_c{c}_tok_s"] = round(
-            sum(counts) / (time.perf_counter() - started), 1
-        )
-        engine.close()
-        ids = [
-            tokenizer.apply_chat_template(m, add_generation_prompt=True, return_dict=True)[
-                "input_ids"
-            ]
-            for m in msgs
-        ]
-        gen = GenerationConfig(max_new_tokens=tokens, do_sample=False, eos_token_id=-1)
-        try:
-            model.generate_batch(ids[:1], generation_config=gen, progress_bar=False)
-            sync()
-            started = time.perf_counter()
-            out = model.generate_batch(ids, generation_config=gen, progress_bar=False)
-            made = sum(len(o.generated_tokens) for o in out.values())
-            figures[f"generate_batch_c{c}_tok_s"] = round(made / (time.perf_counter() - started), 1)
-        except Exception as exc:
-            figures[f"generate_batch_c{c}_error"] = f"{type(exc).__name__}: {exc}"[:200]
-        print(f"  c={c}: " + ", ".join(f"{k} {v}" for k, v in figures.items() if f"c{c}_" in k))
-    return figures
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="bundled", help="bundled, tiny, or a model path")
@@ -309,11 +261,8 @@ def main() -> None:
     parser.add_argument("--levels", default="1,4,8,16")
     parser.add_argument("--skip-api", action="store_true")
     parser.add_argument("--skip-library", action="store_true")
-    parser.add_argument("--gpu", action="store_true", help="the 6.7B random-weight run (CUDA)")
-    parser.add_argument("--gpu-tokens", type=int, default=128)
-    parser.add_argument("--bandwidth-gbs", type=float, default=4800.0, help="H200: 4800")
-    parser.add_argument("--gpu-config", type=Path, default=DEEPSEEK_CONFIG)
-    parser.add_argument("--gpu-device", default="cuda")
+    parser.add_argument("--batching", default="step,paged", help="batchers for the API part")
+    parser.add_argument("--rounds", type=int, default=3, help="library part: alternations")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     data_dir = Path(os.environ.get("CODELOOP_DATA_DIR", "./data")).resolve()
@@ -327,21 +276,20 @@ def main() -> None:
 
         torch.set_num_threads(1)
         print("in process, 8 prompts:")
-        out["library"] = library_part(model_id, args.tokens, 8, data_dir)
+        out["library"] = library_part(model_id, args.tokens, 8, data_dir, args.rounds)
     if not args.skip_api:
-        print("through the API (batching generate worker):")
         levels = [int(x) for x in args.levels.split(",")]
-        out["api"] = api_part(model_id, args.tokens, levels, data_dir)
-    if args.gpu:
-        print("GPU, deepseek-coder-6.7b architecture, random bf16 weights:")
-        out["gpu"] = gpu_part(args.gpu_tokens, args.bandwidth_gbs, args.gpu_config, args.gpu_device)
+        out["api"] = {}
+        for batching in args.batching.split(","):
+            print(f"through the API (batching generate worker, GENERATE_BATCHING={batching}):")
+            rows = api_part(model_id, args.tokens, levels, data_dir, batching)
+            out["api"][batching] = rows
+            by_c = {row["concurrency"]: row for row in rows}
+            if 8 in by_c:
+                out[f"{batching}_speedup_at_8"] = by_c[8]["speedup"]
+                out[f"{batching}_itl_p50_at_8_vs_1"] = by_c[8]["itl_vs_c1"]
+                out[f"{batching}_itl_p50_at_8_vs_sequential"] = by_c[8]["itl_vs_sequential"]
     out["loadavg_end"] = os.getloadavg()
-    if "api" in out:
-        by_c = {row["concurrency"]: row for row in out["api"]}
-        if 8 in by_c:
-            out["speedup_at_8"] = by_c[8]["speedup"]
-            out["itl_p50_at_8_vs_1"] = by_c[8]["itl_vs_c1"]
-            out["itl_p50_at_8_vs_sequential"] = by_c[8]["itl_vs_sequential"]
     print(json.dumps(out))
 
 

@@ -1,9 +1,11 @@
-"""Real faults for tests: a TCP proxy in front of Redis that can lose a reply, and a
-Redis server that can be stopped and started again.
+"""Real faults for tests: a TCP proxy in front of Redis that can lose a reply or
+partition its clients away, and a Redis server that can be stopped and started again.
 
 Not a mock: the client talks to the real server through a real socket; the proxy only
 decides, on request, to drop the connection after the server has executed a command
-and before its reply reaches the client (the "it ran, but the answer was lost" case).
+and before its reply reaches the client (the "it ran, but the answer was lost" case),
+or to stop passing bytes either way for a while (a network partition: nothing is
+refused or reset, commands just get no answer until it heals).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import redis
 class FlakyProxy:
     """Forwards 127.0.0.1:<port> to a Redis server. `lose_reply_to(b"EVALSHA")` makes the
     next command containing those bytes run on the server while its reply is never
-    delivered: the proxy closes that client connection instead."""
+    delivered: the proxy closes that client connection instead. `partition()` holds
+    every byte, both ways and on new connections too, until `heal()`."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
@@ -30,6 +33,8 @@ class FlakyProxy:
         self._armed: bytes | None = None
         self.replies_lost = 0
         self._lock = threading.Lock()
+        self._open = threading.Event()  # cleared while partitioned
+        self._open.set()
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -40,7 +45,16 @@ class FlakyProxy:
         with self._lock:
             self._armed = marker
 
+    def partition(self) -> None:
+        """From now on nothing passes: clients see their commands hang, not fail."""
+        self._open.clear()
+
+    def heal(self) -> None:
+        """Everything held (and everything after) flows again, in order."""
+        self._open.set()
+
     def close(self) -> None:
+        self.heal()
         with contextlib.suppress(OSError):
             self._listener.close()
 
@@ -50,7 +64,12 @@ class FlakyProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self._open.wait()  # partitioned: the connection is accepted, never served
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:  # the server is down: so is this connection
+                client.close()
+                continue
             doomed = threading.Event()
             for target, args in ((self._up, (client, upstream)), (self._down, (upstream, client))):
                 threading.Thread(target=target, args=(*args, doomed), daemon=True).start()
@@ -58,6 +77,7 @@ class FlakyProxy:
     def _up(self, client: socket.socket, upstream: socket.socket, doomed: threading.Event) -> None:
         with contextlib.suppress(OSError):
             while data := client.recv(65536):
+                self._open.wait()
                 with self._lock:
                     if self._armed is not None and self._armed in data.upper():
                         self._armed = None
@@ -69,6 +89,7 @@ class FlakyProxy:
     ) -> None:
         with contextlib.suppress(OSError):
             while data := upstream.recv(65536):
+                self._open.wait()
                 if doomed.is_set():  # the server ran it; the client never hears back
                     self.replies_lost += 1
                     break

@@ -54,6 +54,8 @@ def test_codeloop_up_serves_restarts_what_crashed_and_stops_cleanly(tmp_path, ti
         assert (tmp_path / "data" / "redis" / "appendonly.aof").exists()
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 6  # redis, 3 workers, beat, api, flower (+ pool processes)
+        # Flower's password travels in its environment, never on a command line (`ps`).
+        assert not [p.pid for p in children if "ops:secret" in " ".join(p.cmdline())]
 
         # Crash the generate worker and the embedded Redis: both come back (Redis from
         # its AOF), and the service serves again.

@@ -1,9 +1,10 @@
 """docker-compose.yml as Compose itself reads it (`docker compose config`): start order by
 healthchecks, the GPU on the generate worker only, the Docker socket on the execute worker
-only."""
+only, each secret on the services that need it only, no default database password."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,6 +16,23 @@ import yaml
 from tests.support import ROOT, missing_tool
 
 DOCKER_SOCKET = "/var/run/docker.sock"
+# A distinct marker per secret, so a test can tell where each one ends up.
+SECRETS = {
+    "POSTGRES_PASSWORD": "pgMarker7f3a",
+    "FLOWER_BASIC_AUTH": "ops:flowerMarker2c9d",
+    "CODELOOP_API_KEYS": "apiKeyMarker5e1b",
+    "CODELOOP_EVENTS_TOKEN_SECRET": "eventsMarker8a4c",
+    "CODELOOP_WEBHOOK_SECRET": "webhookMarker3d6e",
+}
+# Who may hold which secret (the database password travels inside the SQL URL).
+SECRET_HOLDERS = {
+    "POSTGRES_PASSWORD": {"postgres", "api", "gpu-worker", "search-worker", "execute-worker",
+                          "maintenance-worker"},
+    "FLOWER_BASIC_AUTH": {"flower"},
+    "CODELOOP_API_KEYS": {"api"},
+    "CODELOOP_EVENTS_TOKEN_SECRET": {"api"},
+    "CODELOOP_WEBHOOK_SECRET": {"maintenance-worker"},
+}  # fmt: skip
 
 
 def compose_command() -> list[str]:
@@ -30,14 +48,19 @@ def compose_command() -> list[str]:
     raise AssertionError("unreachable")
 
 
+def run_config(**variables: str) -> subprocess.CompletedProcess[str]:
+    """`compose config` with only these of our variables set (none from this machine)."""
+    ours = ("CODELOOP_", "COMPOSE_", "POSTGRES_", "FLOWER_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
+    return subprocess.run(
+        [*compose_command(), "-f", str(ROOT / "docker-compose.yml"), "config"],
+        cwd=ROOT, env={**env, **variables}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def config() -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CODELOOP_", "COMPOSE_"))}
-    env["FLOWER_BASIC_AUTH"] = "ops:secret"
-    result = subprocess.run(
-        [*compose_command(), "-f", str(ROOT / "docker-compose.yml"), "config"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    result = run_config(**SECRETS)
     assert result.returncode == 0, result.stderr
     parsed = yaml.safe_load(result.stdout)
     assert isinstance(parsed, dict)
@@ -101,3 +124,39 @@ def test_docker_socket_on_the_execute_worker_only(config: dict[str, Any]) -> Non
 def test_only_the_api_and_flower_publish_ports(config: dict[str, Any]) -> None:
     published = sorted(name for name, s in config["services"].items() if s.get("ports"))
     assert published == ["api", "flower"]
+
+
+@pytest.mark.parametrize("missing", ["POSTGRES_PASSWORD", "FLOWER_BASIC_AUTH"])
+def test_no_default_database_or_flower_password(missing: str) -> None:
+    given = {k: v for k, v in SECRETS.items() if k != missing}
+    result = run_config(**given)
+    assert result.returncode != 0
+    assert f"set {missing}" in result.stderr  # the `${VAR:?message}` names what to set
+
+
+def test_each_secret_reaches_only_the_services_that_need_it(config: dict[str, Any]) -> None:
+    services = config["services"]
+    for name, marker in SECRETS.items():
+        secret = marker.split(":")[-1]
+        holders = {n for n, service in services.items() if secret in json.dumps(service)}
+        assert holders == SECRET_HOLDERS[name], name
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == SECRETS["POSTGRES_PASSWORD"]
+
+
+def test_the_execute_worker_gets_only_sql_and_redis(config: dict[str, Any]) -> None:
+    env = config["services"]["execute-worker"]["environment"]
+    assert not {k for k in env if "KEY" in k or "SECRET" in k or "AUTH" in k}
+    assert {"CODELOOP_REDIS_URL", "CODELOOP_DATABASE_URL"} <= set(env)
+
+
+def test_beat_and_flower_get_no_database_url(config: dict[str, Any]) -> None:
+    for name in ("beat", "flower"):
+        assert "CODELOOP_DATABASE_URL" not in config["services"][name]["environment"], name
+
+
+def test_flowers_password_is_in_its_environment_not_its_command(config: dict[str, Any]) -> None:
+    flower = config["services"]["flower"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH"] == SECRETS["FLOWER_BASIC_AUTH"]
+    argv = json.dumps([flower.get("command"), flower.get("entrypoint")])
+    assert "basic-auth" not in argv and "FLOWER_BASIC_AUTH" not in argv
+    assert "flowerMarker" not in argv

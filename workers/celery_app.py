@@ -36,6 +36,7 @@ celery_app.conf.include = [
     "workers.tasks.search",
     "workers.tasks.maintenance",
     "workers.tasks.tuning",
+    "workers.tasks.webhooks",
 ]
 app = celery_app
 

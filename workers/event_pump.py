@@ -2,9 +2,9 @@
 
 Whatever queued up while the previous batch was in flight goes out as the next batch,
 in one round trip (`EventWriter.emit_many`). Order is kept (one FIFO, one sender).
-A batch is retried after a connection error under the id it first went with, so one
-whose first try ran but lost its reply is not appended twice. A `Fenced` write (the
-run lost its lease) is never retried.
+A batch is retried after a connection error or a timeout (a partition: no reply, no
+reset) under the id it first went with, so one whose first try ran but lost its reply
+is not appended twice. A `Fenced` write (the run lost its lease) is never retried.
 `flush` blocks until everything queued so far is in Redis; the job runner flushes
 before it writes a final state to SQL, so `done` always comes after the last token.
 """
@@ -103,7 +103,7 @@ class EventPump:
             try:
                 self._writer.emit_many(events, progress_tokens=progress, batch_id=batch_id)
                 return
-            except redis.ConnectionError as exc:  # a blip: retry the same batch, in order
+            except (redis.ConnectionError, redis.TimeoutError) as exc:  # retry it, in order
                 if time.monotonic() > deadline:
                     raise
                 log.warning("event write failed (%s); retrying", exc)

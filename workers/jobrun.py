@@ -22,8 +22,9 @@ from typing import Any
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import SQLAlchemyError
 
-from app.core import metrics, names
+from app.core import metrics, names, webhooks
 from app.core.config import get_settings
 from app.core.db import session_scope
 from app.core.events import EventWriter, Fenced
@@ -52,6 +53,7 @@ class JobContext:
     job_id: str
     kind: str
     owner: str
+    workspace: str  # the memory this job may read and write (the owner's workspace)
     request: dict[str, Any]
     attempt: int
     queued_at: Any
@@ -123,6 +125,7 @@ def _claim(client: redis.Redis, job_id: str, lease: Lease) -> JobContext | None:
                 finished_at=utcnow(),
             ):
                 writer.unfenced().emit("error", error)
+                _queue_webhook(client, job_id)
             return None
         won = transition(
             session,
@@ -140,6 +143,7 @@ def _claim(client: redis.Redis, job_id: str, lease: Lease) -> JobContext | None:
             job_id=job_id,
             kind=job.kind,
             owner=job.owner,
+            workspace=job.workspace_id,
             request=dict(job.request),
             attempt=attempt,
             queued_at=job.created_at,
@@ -218,6 +222,8 @@ def run_job(job_id: str, handler: Callable[[JobContext], dict[str, Any]]) -> Non
         _record_metrics(client, ctx, status, result)
         if status == LOST:
             _hand_back(client, ctx)
+        else:
+            _queue_webhook(client, job_id)
         for fn in ctx.deferred if status != LOST else ():
             try:
                 fn()
@@ -253,7 +259,10 @@ def _run_claimed(
         result = handler(ctx)
         ctx.flush()  # every token is in Redis before the final state is
     except (JobFailed, SoftTimeLimitExceeded, Exception) as exc:
-        if ctx.lost.is_set() or _caused_by(exc, Fenced):
+        # Fenced: the lease is someone else's. Unreachable (its events could not reach
+        # Redis through the pump's retries: a partition, an outage): the lease cannot be
+        # ours any more either. Neither is the job's failure: it runs again.
+        if ctx.lost.is_set() or _caused_by(exc, (Fenced, *UNREACHABLE)):
             ctx.lost.set()
             log.warning("job %s: lease lost; the run stops and writes nothing", ctx.job_id)
             return LOST, None
@@ -284,6 +293,7 @@ def _run_claimed(
 
 
 LOST = "lost"  # how a run that lost its lease ended (for metrics; SQL is left alone)
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
 
 
 def _hand_back(client: redis.Redis, ctx: JobContext) -> None:
@@ -303,7 +313,21 @@ def _hand_back(client: redis.Redis, ctx: JobContext) -> None:
         log.warning("job %s: not handed back (%s); left to the reconciler", ctx.job_id, exc)
 
 
-def _caused_by(exc: BaseException | None, kind: type[BaseException]) -> bool:
+def _queue_webhook(client: redis.Redis, job_id: str) -> None:
+    """The job just became final: queue its webhook, if it has one (a no-op when this
+    run's final write lost). Never fatal: the reconciler sweeps what this misses."""
+    from workers.celery_app import celery_app
+
+    try:
+        with session_scope() as session:
+            webhooks.after_final(session, celery_app, client, job_id)
+    except SQLAlchemyError as exc:
+        log.warning("job %s: webhook not queued (%s); left to the reconciler", job_id, exc)
+
+
+def _caused_by(
+    exc: BaseException | None, kind: type[BaseException] | tuple[type[BaseException], ...]
+) -> bool:
     while exc is not None:
         if isinstance(exc, kind):
             return True

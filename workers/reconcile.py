@@ -1,11 +1,13 @@
 """The reconciler: no accepted job is ever lost.
 
-Run by beat every `reconcile_interval_s`. Two repairs:
+Run by beat every `reconcile_interval_s`. Three repairs:
 - a `queued`/`retrying` job whose dispatch marker is gone had its message lost with
   Redis' data (a restart without persistence, a flush): send it again;
 - a `running` job with no lease lost its worker (a whole machine died, say): mark it
   `retrying` and send it again, or fail it once its attempts are spent
-  (`requeue_lost_run`, which a run that notices its own lease gone calls at once).
+  (`requeue_lost_run`, which a run that notices its own lease gone calls at once);
+- a final job whose webhook is pending and due, with no delivery queued: queue one
+  (`app/core/webhooks.py`).
 A re-sent job that turns out to be still queued or running is harmless: the lease lets
 only one delivery run it. Both repairs are fenced by the attempt the reconciler saw, so
 a worker that claimed or finished the job meanwhile wins, and a runner that comes back
@@ -22,7 +24,7 @@ from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.core import names
+from app.core import names, webhooks
 from app.core.config import Settings
 from app.core.events import EventWriter
 from app.core.jobs import dispatch, transition
@@ -34,7 +36,7 @@ log = logging.getLogger(__name__)
 def reconcile_once(
     session: Session, client: redis.Redis, celery: Celery, settings: Settings
 ) -> dict[str, int]:
-    counts = {"resent": 0, "retried": 0, "failed": 0}
+    counts = {"resent": 0, "retried": 0, "failed": 0, "webhooks": 0}
     now = utcnow()
     # A message is sent right after its row commits; give that a moment before judging.
     settled = now - timedelta(seconds=max(2.0, settings.lease_ttl_s))
@@ -56,6 +58,12 @@ def reconcile_once(
         outcome = requeue_lost_run(session, client, celery, settings, job)
         if outcome is not None:
             counts[outcome] += 1
+
+    # Final jobs whose webhook is still pending with nothing queued for it (the
+    # finisher died before queueing, a message or a retry's countdown was lost).
+    for job_id in webhooks.due_deliveries(session, client):
+        webhooks.queue_delivery(celery, client, job_id)
+        counts["webhooks"] += 1
     return counts
 
 
@@ -92,7 +100,13 @@ def requeue_lost_run(
         ):
             return None
         writer.emit("error", error)
+        webhooks.after_final(session, celery, client, job.id)
         return "failed"
+    # The message it ran from is spent: forget it before the job waits for a new one,
+    # so a Redis that fails from here on leaves a `retrying` job the first repair above
+    # re-sends (never one that looks sent and waits forever), and an unreachable one
+    # changes nothing (still `running`, its lease lapsing: the second repair's case).
+    client.delete(names.dispatch_marker_key(job.id))
     if not transition(
         session, job.id, from_statuses=(names.RUNNING,), status=names.RETRYING,
         attempt=job.attempts,

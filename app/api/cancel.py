@@ -10,7 +10,7 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
-from app.core import jobs, lifecycle, names
+from app.core import jobs, lifecycle, names, webhooks
 from app.core.config import get_settings
 from app.core.errors import Conflict, Unavailable
 from app.core.events import EventWriter
@@ -45,6 +45,7 @@ def cancel_job(
             celery.control.revoke(job_id)
         except (RedisError, OperationalError, OSError) as exc:
             log.warning("job %s cancelled; not announced or revoked (broker down): %s", job_id, exc)
+        webhooks.after_final(session, celery, client, job_id)
     else:
         session.refresh(job)
         if job.status in names.TERMINAL:

@@ -15,13 +15,18 @@ from fastapi import Depends, Query, Request
 from sqlalchemy.orm import Session
 
 from app.api.event_hub import EventHub
-from app.core.auth import active_key_count, env_key_owner, owner_of_key
+from app.api.quotas import Quotas
+from app.core.auth import (
+    ANONYMOUS_CALLER,
+    Caller,
+    active_key_count,
+    caller_of_key,
+    env_key_owner,
+)
 from app.core.config import Settings, get_settings
 from app.core.db import session_scope
 from app.core.errors import Unauthorized
 from app.core.events_token import MAX_TOKEN_CHARS, verify_events_token
-
-ANONYMOUS = "anonymous"
 
 
 def get_session() -> Iterator[Session]:
@@ -34,21 +39,22 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 class AuthGate:
-    """Decides whether keys are required and who a key belongs to.
+    """Decides whether keys are required and who a key stands for (its owner and workspace).
 
     `auth=auto` turns auth on when the API listens beyond loopback or any key exists;
     whether keys exist is re-read every few seconds, so `codeloop keys create` takes
-    effect without a restart. Accepted keys are cached briefly to spare SQL.
+    effect without a restart. Accepted keys are cached briefly to spare SQL. Keys from
+    CODELOOP_API_KEYS and the anonymous caller belong to the `default` workspace.
     """
 
     _RECHECK_S = 5.0
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._env = {k: env_key_owner(k) for k in settings.env_api_keys}
+        self._env = {k: Caller(env_key_owner(k)) for k in settings.env_api_keys}
         self._enabled_at = 0.0
         self._enabled = settings.auth == "on"
-        self._cache: dict[str, tuple[str, float]] = {}
+        self._cache: dict[str, tuple[Caller, float]] = {}
 
     def enabled(self, session: Session) -> bool:
         mode = self.settings.auth
@@ -62,9 +68,9 @@ class AuthGate:
             self._enabled_at = now
         return self._enabled
 
-    def owner(self, session: Session, authorization: str | None) -> str:
+    def caller(self, session: Session, authorization: str | None) -> Caller:
         if not self.enabled(session):
-            return ANONYMOUS
+            return ANONYMOUS_CALLER
         scheme, _, key = (authorization or "").partition(" ")
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
@@ -77,16 +83,34 @@ class AuthGate:
         cached = self._cache.get(key)
         if cached and time.monotonic() - cached[1] < self._RECHECK_S:
             return cached[0]
-        owner = owner_of_key(session, key)
-        if owner is None:
+        caller = caller_of_key(session, key)
+        if caller is None:
             raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
-        self._cache[key] = (owner, time.monotonic())
-        return owner
+        self._cache[key] = (caller, time.monotonic())
+        return caller
 
 
-def get_owner(request: Request, session: SessionDep) -> str:
+def get_caller(request: Request, session: SessionDep) -> Caller:
     gate: AuthGate = request.app.state.auth
-    return gate.owner(session, request.headers.get("authorization"))
+    caller = gate.caller(session, request.headers.get("authorization"))
+    check_request_rate(request, caller.owner)
+    return caller
+
+
+def check_request_rate(request: Request, owner: str) -> None:
+    """Every authenticated request spends one of its key's requests per minute (429).
+    An app built without quotas (a test's tiny app of a few routers) has no rate limit."""
+    quotas: Quotas | None = getattr(request.app.state, "quotas", None)
+    if quotas is not None:
+        quotas.check_request_rate(owner)
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+def get_owner(caller: CallerDep) -> str:
+    """Just the key, for routes about jobs (which stay private to the key that made them)."""
+    return caller.owner
 
 
 OwnerDep = Annotated[str, Depends(get_owner)]
@@ -116,10 +140,11 @@ def get_events_owner(
 ) -> str:
     """The caller of a job's events route: a Bearer key, or an events token for this job."""
     if token is None:
-        return get_owner(request, session)
+        return get_caller(request, session).owner
     owner = verify_events_token(events_token_secret(request), job_id=job_id, token=token)
     if owner is None:
         raise Unauthorized("invalid or expired events token: ask POST /jobs/{id}/events-token")
+    check_request_rate(request, owner)
     return owner
 
 

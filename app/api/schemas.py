@@ -1,34 +1,97 @@
-"""Request bodies of the job endpoints. Server caps are checked here, so a request over a
-cap is a 422 that says which cap, never a silent clamp.
+"""Request bodies of the job endpoints, and the job JSON they answer. Server caps are
+checked here, so a request over a cap is a 422 (or 413) that says which cap, never a
+silent clamp.
+
+The schemas in /openapi.json are exact: what a body's schema allows is accepted and
+anything else is refused (tests/fuzz holds the API to that). So bodies are strict (no
+`"3"` for 3, no `0` for false, no unknown field) and each model writes the caps of the
+settings in force into its schema (`caps`). Byte caps show as `maxLength` in
+characters: longer is always over, but a shorter text of wide characters can still be.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    model_validator,
+)
 
-from app.core.config import get_settings
+from app.core.config import Settings, get_settings
 from app.core.errors import PayloadTooLarge
+from app.core.project_files import PROJECT_ID_PATTERN
+from app.core.webhooks import CALLBACK_URL_MAX, CALLBACK_URL_PATTERN, check_callback_url
 
 Language = Literal[
     "python", "javascript", "typescript", "java", "react", "tailwind", "vite", "nestjs"
 ]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+def _json_integer(value: Any) -> Any:
+    """JSON Schema's `integer` is any number without a fraction: 3.0 as well as 3."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
-class GenerateRequest(_Strict):
+# An integer field of a strict body (never `true` or `"3"`). Constraints go before it
+# (`Annotated[int, Field(ge=1), JSON_INTEGER]`), or the schema shows `ge` instead of
+# `minimum`.
+JSON_INTEGER = BeforeValidator(_json_integer)
+JsonInt = Annotated[int, JSON_INTEGER]
+
+
+def _advertise_caps(schema: dict[str, Any], cls: type[BaseModel]) -> None:
+    """Write `cls.caps(settings)` into the fields' schemas (the non-null branch of each)."""
+    for name, keywords in cls.caps(get_settings()).items():
+        field = schema["properties"][name]
+        for branch in field.get("anyOf", [field]):
+            if branch.get("type") != "null":
+                branch.update(keywords)
+
+
+class StrictBody(BaseModel):
+    """A JSON body read as its schema says: no coercion, no unknown field."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, str_strip_whitespace=False, json_schema_extra=_advertise_caps
+    )
+
+    @classmethod
+    def caps(cls, settings: Settings) -> dict[str, dict[str, Any]]:
+        """JSON Schema keywords per field that come from settings (`maximum`, `maxLength`)."""
+        return {}
+
+
+# Any job POST may name one (SPEC §6); `submit_job` moves it from the request to the job.
+CallbackUrl = Annotated[
+    str,
+    Field(
+        max_length=CALLBACK_URL_MAX,
+        json_schema_extra={"pattern": CALLBACK_URL_PATTERN},
+        description="POSTed the job JSON once the job is final, signed with HMAC-SHA256 "
+        "(header X-Codeloop-Signature; see README, Webhooks)",
+    ),
+    AfterValidator(check_callback_url),
+]
+
+
+class GenerateRequest(StrictBody):
     task: str = Field(min_length=1, description="What the code should do, in plain words.")
     language: Language = "python"
-    project_id: str | None = Field(default=None, max_length=200)
-    max_new_tokens: int | None = Field(default=None, ge=1)
+    project_id: str | None = Field(default=None, pattern=PROJECT_ID_PATTERN)
+    max_new_tokens: Annotated[int, Field(ge=1), JSON_INTEGER] | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     repetition_penalty: float | None = Field(default=None, ge=1.0, le=2.0)
-    seed: StrictInt | None = Field(default=None, ge=0, le=2**63 - 1)
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1), JSON_INTEGER] | None = None
     stop: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
         default=None, max_length=4, description="end the answer before any of these strings"
     )
@@ -45,12 +108,21 @@ class GenerateRequest(_Strict):
         description="code that exercises the answer (assertions run after it); enables "
         "verify-and-repair",
     )
-    max_repair_rounds: StrictInt | None = Field(
-        default=None, ge=0, le=5, description="repair rounds after failed tests (default 2)"
+    max_repair_rounds: Annotated[int, Field(ge=0, le=5), JSON_INTEGER] | None = Field(
+        default=None, description="repair rounds after failed tests (default 2)"
     )
-    max_tool_calls: StrictInt | None = Field(default=None, ge=0, le=16)
-    context_budget_tokens: StrictInt | None = Field(default=None, ge=0, le=131_072)
+    max_tool_calls: Annotated[int, Field(ge=0, le=16), JSON_INTEGER] | None = None
+    context_budget_tokens: Annotated[int, Field(ge=0, le=131_072), JSON_INTEGER] | None = None
     stream: StrictBool = False
+    callback_url: CallbackUrl | None = None
+
+    @classmethod
+    def caps(cls, settings: Settings) -> dict[str, dict[str, Any]]:
+        return {
+            "task": {"maxLength": settings.max_task_chars},
+            "max_new_tokens": {"maximum": settings.max_new_tokens_cap},
+            "tests": {"maxLength": settings.exec_max_code_bytes},
+        }
 
     @model_validator(mode="after")
     def _within_caps(self) -> GenerateRequest:
@@ -72,14 +144,24 @@ class GenerateRequest(_Strict):
         return data
 
 
-class ExecuteRequest(_Strict):
+class ExecuteRequest(StrictBody):
     language: Language
     code: str = Field(min_length=1)
     stdin: str | None = None
     timeout_s: float | None = Field(default=None, gt=0)
-    memory_mb: int | None = Field(default=None, ge=16)
+    memory_mb: Annotated[int, Field(ge=16), JSON_INTEGER] | None = None
     lint: bool = False
     generation_id: str | None = Field(default=None, max_length=36)
+    callback_url: CallbackUrl | None = None
+
+    @classmethod
+    def caps(cls, settings: Settings) -> dict[str, dict[str, Any]]:
+        return {
+            "code": {"maxLength": settings.exec_max_code_bytes},
+            "stdin": {"maxLength": settings.exec_max_stdin_bytes},
+            "timeout_s": {"maximum": settings.exec_timeout_cap_s},
+            "memory_mb": {"maximum": settings.exec_memory_cap_mb},
+        }
 
     @model_validator(mode="after")
     def _within_caps(self) -> ExecuteRequest:
@@ -100,9 +182,14 @@ class ExecuteRequest(_Strict):
         return data
 
 
-class LintRequest(_Strict):
+class LintRequest(StrictBody):
     language: Language
     code: str = Field(min_length=1)
+    callback_url: CallbackUrl | None = None
+
+    @classmethod
+    def caps(cls, settings: Settings) -> dict[str, dict[str, Any]]:
+        return {"code": {"maxLength": settings.exec_max_code_bytes}}
 
     @model_validator(mode="after")
     def _within_caps(self) -> LintRequest:
@@ -113,10 +200,11 @@ class LintRequest(_Strict):
         return self.model_dump()
 
 
-class SearchRequest(_Strict):
+class SearchRequest(StrictBody):
     query: str = Field(min_length=1, max_length=4000)
     language: Language | None = None
-    k: int = Field(default=5, ge=1, le=50)
+    k: JsonInt = Field(default=5, ge=1, le=50)
+    callback_url: CallbackUrl | None = None
 
     def job_request(self) -> dict[str, Any]:
         return self.model_dump()
@@ -129,3 +217,49 @@ def _check_size(field: str, value: str, limit: int) -> None:
             f"{field} is {size} bytes; the limit is {limit}",
             detail={"field": field, "limit": limit},
         )
+
+
+# --- what job endpoints answer (SPEC §6) --------------------------------------------
+
+JobKind = Literal["generate", "execute", "lint", "search", "optimize"]
+JobStatus = Literal["queued", "running", "retrying", "succeeded", "failed", "cancelled"]
+
+
+class JobProgress(BaseModel):
+    tokens: int | None
+    max_tokens: int | None
+
+
+class JobError(BaseModel):
+    type: str
+    message: str
+
+
+class JobLinks(BaseModel):
+    self: str
+    events: str
+    cancel: str
+
+
+class JobOut(BaseModel):
+    """The job JSON every job endpoint answers (documentation: routes send the dict)."""
+
+    id: str
+    kind: JobKind
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    queue_position: int | None
+    progress: JobProgress | None
+    request: dict[str, Any]
+    result: dict[str, Any] | None
+    error: JobError | None
+    webhook: dict[str, Any] | None = None
+    links: JobLinks
+
+
+class JobList(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None

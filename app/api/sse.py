@@ -35,7 +35,13 @@ from app.api.event_hub import RESYNC, Batch, EventHub, Subscription, encode_fina
 from app.core import names
 from app.core.config import get_settings
 from app.core.db import session_scope
-from app.core.events import WireEvent, encode_data, read_log_state, read_wire_events_after
+from app.core.events import (
+    EVENT_TYPES,
+    WireEvent,
+    encode_data,
+    read_log_state,
+    read_wire_events_after,
+)
 from app.core.models import Job
 
 log = logging.getLogger(__name__)
@@ -69,7 +75,9 @@ class _Replay:
     batch: Batch
     finished: bool
     epoch: str | None  # the log's epoch (app/core/events.py), None if it has none
-    behind: bool  # the log ends before what the client already saw: expired or lost
+    # The log no longer holds what the client needs next: it ends before what the
+    # client already saw, or it starts after it (Redis lost its head: a flush, the cap).
+    lost: bool
 
 
 async def follow_batches(
@@ -82,15 +90,16 @@ async def follow_batches(
     """Every event after `last_event_id` once, in order, in batches of what was waiting;
     ends after the terminal event.
 
-    If Redis lost the job's log (a new epoch, or a log that ends before the client's
-    last id), ids no longer mean what the client saw: the stream then ends with the
-    job's final state read from SQL, once it has one. Raises RedisError / OSError /
+    If Redis lost the job's log (a new epoch, a log that ends before the client's last
+    id, or one that starts after it: a flush while a client was away), ids no longer
+    mean what the client saw: the stream then ends with the job's final state read
+    from SQL, once it has one. Raises RedisError / OSError /
     TimeoutError when Redis stays unreachable past `REPLAY_RETRY_S`."""
     sent = last_event_id
     async with hub.subscribe(job_id) as sub:
         replay = await _replay(client, job_id, sent)
         epoch = replay.epoch
-        if replay.behind:
+        if replay.lost:
             yield await _final_from_sql(sub, final_event)
             return
         if replay.batch:
@@ -134,7 +143,7 @@ async def follow_batches(
                 return
             if resync or epoch is None:  # (epoch None: learn it once the log exists)
                 replay = await _replay(client, job_id, sent)
-                if replay.behind or (epoch is not None and replay.epoch != epoch):
+                if replay.lost or (epoch is not None and replay.epoch != epoch):
                     yield await _final_from_sql(sub, final_event)
                     return
                 epoch = replay.epoch
@@ -198,7 +207,9 @@ async def _replay(client: aioredis.Redis, job_id: str, after: int) -> _Replay:
             finished = True
             break
     behind = after > 0 and (last is None or last < after)
-    return _Replay(batch, finished, epoch, behind)
+    # Replaying past a hole would skip events silently: ids go up by one from 1.
+    gap = bool(events) and events[0].seq != after + 1
+    return _Replay(batch, finished, epoch, behind or gap)
 
 
 def _final_batch(final: tuple[str, dict[str, Any]]) -> Batch:
@@ -252,6 +263,25 @@ class WatchedEventSourceResponse(EventSourceResponse):
 
 def _ping() -> ServerSentEvent:
     return ServerSentEvent(comment="ping", sep="\n")
+
+
+# How /openapi.json declares a response that is a job's event stream (`content=` of a
+# status): `itemSchema` describes one event, as FastAPI's own SSE routes do.
+EVENT_STREAM_CONTENT: dict[str, Any] = {
+    "text/event-stream": {
+        "itemSchema": {
+            "type": "object",
+            "description": "one event (SPEC §7); comment heartbeats between events; the stream "
+            "ends after the job's final event",
+            "required": ["data", "event"],
+            "properties": {
+                "id": {"type": "string", "pattern": "^[0-9]+$", "description": "1, 2, 3 …"},
+                "event": {"enum": list(EVENT_TYPES)},
+                "data": {"type": "string", "contentMediaType": "application/json"},
+            },
+        }
+    }
+}
 
 
 def sse_response(

@@ -12,34 +12,62 @@ from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.api.errors import error_responses
+from app.api.quotas import Quotas
+from app.api.schemas import JobOut
 from app.core import jobs
 from app.core.config import get_settings
-from app.core.errors import BadRequest, TooManyRequests
+from app.core.errors import BadRequest
 from app.core.models import Job
 
 log = logging.getLogger(__name__)
 IDEMPOTENCY_KEY_MAX = 200
 
+_LOCATION = {
+    "Location": {"description": "`/jobs/{id}`", "schema": {"type": "string"}, "required": True}
+}
+# The `responses=` of every job POST (a route adds what only it answers, e.g. 409).
+JOB_POST_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"model": JobOut, "description": "accepted: the new job", "headers": _LOCATION},
+    200: {
+        "model": JobOut,
+        "description": "a repeated `Idempotency-Key`: the first job",
+        "headers": _LOCATION,
+    },
+    **error_responses(400, 401, 413, 422, 429, 503),
+}
+
 
 def submit_job(
-    request: Request, session: Session, *, kind: str, owner: str, body: dict[str, Any]
+    request: Request,
+    session: Session,
+    *,
+    kind: str,
+    owner: str,
+    workspace: str,
+    body: dict[str, Any],
 ) -> tuple[Job, bool]:
-    """Create and dispatch a job; (job, created). A repeat idempotency key returns the first."""
+    """Create and dispatch a job; (job, created). A repeat idempotency key returns the first.
+
+    `workspace` is the caller's (`Caller.workspace`): the memory the job may use.
+    The body's `callback_url` (checked by its schema) is kept apart from the request the
+    worker runs: it goes on the job row, which POSTs it the final job (app/core/webhooks.py)."""
     settings = get_settings()
+    body = dict(body)
+    callback_url = body.pop("callback_url", None)
     key = request.headers.get("idempotency-key")
     if key is not None and not (0 < len(key) <= IDEMPOTENCY_KEY_MAX):
         raise BadRequest(f"Idempotency-Key must be 1-{IDEMPOTENCY_KEY_MAX} characters")
     repeat = key is not None and session.scalar(
         select(Job.id).where(Job.owner == owner, Job.idempotency_key == key)
     )
-    if not repeat and jobs.count_open_jobs(session, owner) >= settings.max_queued_jobs_per_owner:
-        raise TooManyRequests(
-            f"at most {settings.max_queued_jobs_per_owner} jobs may wait at once",
-            headers={"Retry-After": "5"},
-        )
+    if not repeat:  # a repeat returns its first job, whatever the quotas say now
+        quotas: Quotas = request.app.state.quotas
+        quotas.admit_job(session, owner=owner, kind=kind)
     job, created = jobs.create_job(
-        session, kind=kind, owner=owner, request=body, idempotency_key=key
-    )
+        session, kind=kind, owner=owner, request=body, idempotency_key=key, workspace=workspace,
+        callback_url=callback_url,
+    )  # fmt: skip
     if created:
         try:
             jobs.dispatch(

@@ -10,9 +10,12 @@ import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.core import secret_policy
 
 DEFAULT_GPU_MODEL = "deepseek-ai/deepseek-coder-6.7b-instruct"
 
@@ -41,12 +44,40 @@ class Settings(BaseSettings):
     api_keys: str = ""
     max_request_bytes: int = 1_048_576
     max_task_chars: int = 20_000
-    max_queued_jobs_per_owner: int = 200
-    flower_basic_auth: str = ""
+    # Quotas (app/api/quotas.py); 0 turns a limit off. Per API key (the anonymous caller
+    # counts as one key when auth is off).
+    quota_requests_per_minute: int = 6000
+    # Queued, retrying and running jobs of one key (was MAX_QUEUED_JOBS_PER_OWNER).
+    quota_concurrent_jobs: int = Field(
+        default=200,
+        validation_alias=AliasChoices(
+            "CODELOOP_QUOTA_CONCURRENT_JOBS", "CODELOOP_MAX_QUEUED_JOBS_PER_OWNER"
+        ),
+    )
+    quota_tokens_per_day: int = 1_000_000  # generated tokens per key per UTC day
+    queue_max_depth: int = 1000  # jobs waiting on one queue (all keys) before 503
+    # `user:password` for Flower; Flower itself reads FLOWER_BASIC_AUTH (never argv).
+    flower_basic_auth: str = Field(
+        default="",
+        validation_alias=AliasChoices("CODELOOP_FLOWER_BASIC_AUTH", "FLOWER_BASIC_AUTH"),
+    )
     # Signs the short-lived tokens that let an EventSource follow one job's events
     # (it cannot send Authorization). Empty: a random secret per API process.
     events_token_secret: str = ""
     events_token_ttl_s: int = 300
+
+    # --- webhooks (app/core/webhooks.py, workers/webhooks.py) -------------------------
+    # HMAC-SHA256 key of `X-Codeloop-Signature`; needed where deliveries run (the
+    # maintenance worker). Empty: deliveries fail ("unsigned") rather than go unsigned.
+    webhook_secret: str = ""
+    # Loopback, private, link-local and reserved targets are refused unless allowed:
+    # all of them, or only these comma-separated CIDRs (e.g. "10.0.0.0/8,fd00::/8").
+    webhook_allow_private: bool = False
+    webhook_allow_cidrs: str = ""
+    webhook_timeout_s: float = 5.0  # connect, and each read of the answer
+    webhook_max_attempts: int = 6
+    webhook_backoff_s: float = 2.0  # the first retry's delay; doubles per attempt
+    webhook_backoff_max_s: float = 300.0
 
     # --- model ----------------------------------------------------------------------
     model_id: str = "auto"
@@ -58,11 +89,17 @@ class Settings(BaseSettings):
     max_new_tokens: int = 512
     max_new_tokens_cap: int = 4096
     torch_threads: int = 0  # 0: torch's default
-    # Generations decoded together by one generate worker (workers/llm/batching.py).
-    # "auto": the step batcher with a threads pool; "off": one generation at a time.
-    generate_batching: Literal["auto", "step", "off"] = "auto"
+    # Generations decoded together by one generate worker, with a threads pool:
+    # "step" (workers/llm/batching.py), "paged" (transformers' continuous batching,
+    # workers/llm/paged.py), "auto" (paged on CUDA, step on CPU: what measured best),
+    # "off" (one generation at a time, prefork).
+    generate_batching: Literal["auto", "step", "paged", "off"] = "auto"
     generate_max_batch: int = 0  # 0: 8 on CPU, 32 on CUDA
-    generate_cache_tokens: int = 0  # 0: max batch x 2048
+    # step: padded cache budget; paged: the paged cache's size. 0: max batch x 2048
+    # (paged on CUDA: sized by transformers from free GPU memory).
+    generate_cache_tokens: int = 0
+    generate_page_size: int = 0  # paged: tokens per cache block (0: 256 on CUDA, 32 on CPU)
+    generate_max_batch_tokens: int = 0  # paged: tokens per forward (0: 8192 CUDA, 512 CPU)
 
     # --- jobs, events ---------------------------------------------------------------
     job_max_attempts: int = 3
@@ -156,6 +193,44 @@ class Settings(BaseSettings):
             raise ValueError("must not be blank")
         return value
 
+    @model_validator(mode="after")
+    def _no_placeholder_secrets_beyond_loopback(self) -> Settings:
+        exposure = self.exposure
+        if exposure is None:
+            return self
+        policy = secret_policy
+        problems = [
+            *(policy.machine_secret_problem("CODELOOP_API_KEYS", k) for k in self.env_api_keys),
+            *(
+                policy.machine_secret_problem(f"CODELOOP_{name.upper()}", value)
+                for name, value in (
+                    ("events_token_secret", self.events_token_secret),
+                    ("webhook_secret", self.webhook_secret),
+                )
+                if value
+            ),
+            policy.password_problem(
+                "CODELOOP_DATABASE_URL", policy.url_password(self.database_url)
+            ),
+            policy.password_problem("CODELOOP_REDIS_URL", policy.url_password(self.redis_url)),
+            *policy.flower_problems(self.flower_basic_auth),
+        ]
+        found = list(dict.fromkeys(p for p in problems if p))
+        if found:
+            raise policy.InsecureSettings(policy.refusal_message(found, exposure))
+        return self
+
+    @property
+    def exposure(self) -> str | None:
+        """Why this process counts as reachable beyond loopback, or None if it is not:
+        the API binds beyond it, or Redis is on another host (a deployment)."""
+        if not self.api_is_loopback:
+            return f"CODELOOP_API_HOST={self.api_host}"
+        redis_host = _url_host(self.redis_url)
+        if redis_host is not None and not is_loopback_host(redis_host):
+            return f"Redis at {redis_host}"
+        return None
+
     @property
     def api_is_loopback(self) -> bool:
         return is_loopback_host(self.api_host)
@@ -180,6 +255,14 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _url_host(url: str) -> str | None:
+    """The host of a URL; None for a unix socket or a URL without one."""
+    try:
+        return urlsplit(url).hostname or None
+    except ValueError:
+        return None
 
 
 @lru_cache(maxsize=1)

@@ -3,6 +3,9 @@
 `store_generation` is what the generate worker calls once a generation finished; the
 embedding is added afterwards by `workers.retrieval.service.index_generation` (outside
 this transaction, so a slow embedder never holds a SQL lock).
+
+Generations are memory: every read takes the caller's workspace and sees only that
+workspace's generations; another workspace's id is a 404, like a missing one.
 """
 
 from __future__ import annotations
@@ -16,7 +19,15 @@ from sqlalchemy.orm import Session
 from app.core.config import get_settings
 from app.core.errors import NotFound
 from app.core.fields import check_language, check_limit, iso_utc
-from app.core.models import CodeHistory, FeedbackLog, FunctionCall, Job, KnowledgeItem, new_id
+from app.core.models import (
+    DEFAULT_WORKSPACE,
+    CodeHistory,
+    FeedbackLog,
+    FunctionCall,
+    Job,
+    KnowledgeItem,
+    new_id,
+)
 
 
 def store_generation(
@@ -30,6 +41,7 @@ def store_generation(
     params: dict[str, Any] | None = None,
     job_id: str | None = None,
     owner: str = "anonymous",
+    workspace: str = DEFAULT_WORKSPACE,
     project_id: str | None = None,
     finish_reason: str | None = None,
     prompt_tokens: int = 0,
@@ -55,6 +67,7 @@ def store_generation(
         source=source,
         job_id=job_id,
         owner=owner,
+        workspace_id=workspace,
         project_id=project_id,
         task=task,
         language=language,
@@ -72,20 +85,19 @@ def store_generation(
 
 
 def best_history(
-    *, session: Session, language: str, limit: int = 10, owner: str | None = None
+    *, session: Session, language: str, limit: int = 10, workspace: str = DEFAULT_WORKSPACE
 ) -> list[CodeHistory]:
-    """Highest-rated generations of a language; ties by usage, then the newest first.
-
-    Unrated generations sit at the neutral prior (between liked and disliked ones), as
-    they do in retrieval. `owner` restricts to one API key's generations.
+    """A workspace's highest-rated generations of a language; ties by usage, then the
+    newest first. Unrated generations sit at the neutral prior (between liked and
+    disliked ones), as they do in retrieval.
     """
     check_language(language)
     check_limit(limit, maximum=100)
     neutral = get_settings().retrieval_neutral_feedback
     rating = func.coalesce(CodeHistory.feedback_score, neutral)
-    query = select(CodeHistory).where(CodeHistory.language == language)
-    if owner is not None:
-        query = query.where(CodeHistory.owner == owner)
+    query = select(CodeHistory).where(
+        CodeHistory.language == language, CodeHistory.workspace_id == workspace
+    )
     query = query.order_by(
         rating.desc(),
         CodeHistory.usage_count.desc(),
@@ -95,9 +107,11 @@ def best_history(
     return list(session.scalars(query))
 
 
-def get_generation(*, session: Session, generation_id: str) -> CodeHistory:
+def get_generation(
+    *, session: Session, generation_id: str, workspace: str = DEFAULT_WORKSPACE
+) -> CodeHistory:
     row = session.get(CodeHistory, generation_id)
-    if row is None:
+    if row is None or row.workspace_id != workspace:
         raise NotFound(f"generation {generation_id!r} not found", detail={"id": generation_id})
     return row
 
@@ -119,11 +133,14 @@ def record_usage(
             )
 
 
-def record_execution_status(*, session: Session, generation_id: str, status: str) -> bool:
-    """Remember how the generation's code last ran; False if the generation is unknown."""
+def record_execution_status(
+    *, session: Session, generation_id: str, status: str, workspace: str = DEFAULT_WORKSPACE
+) -> bool:
+    """Remember how the generation's code last ran; False if the workspace has no such
+    generation (an execution naming another workspace's generation changes nothing)."""
     result = session.execute(
         update(CodeHistory)
-        .where(CodeHistory.id == generation_id)
+        .where(CodeHistory.id == generation_id, CodeHistory.workspace_id == workspace)
         .values(last_execution_status=status)
         .execution_options(synchronize_session=False)
     )
@@ -149,12 +166,13 @@ def generation_to_json(row: CodeHistory) -> dict[str, Any]:
     }
 
 
-def generation_detail(*, session: Session, generation_id: str, owner: str) -> dict[str, Any]:
+def generation_detail(
+    *, session: Session, generation_id: str, workspace: str = DEFAULT_WORKSPACE
+) -> dict[str, Any]:
     """Everything stored about one generation: what it was shown, what it called, how
-    its code ran, what users thought. Another key's generation is a 404, like its job."""
-    row = session.get(CodeHistory, generation_id)
-    if row is None or row.owner != owner:
-        raise NotFound(f"generation {generation_id!r} not found", detail={"id": generation_id})
+    its code ran (runs from this workspace), what users thought. Any key of the
+    workspace may read it; another workspace's generation is a 404."""
+    row = get_generation(session=session, generation_id=generation_id, workspace=workspace)
     calls = session.scalars(
         select(FunctionCall)
         .where(FunctionCall.generation_id == generation_id)
@@ -162,7 +180,11 @@ def generation_detail(*, session: Session, generation_id: str, owner: str) -> di
     )
     executions = session.scalars(
         select(Job)
-        .where(Job.generation_id == generation_id, Job.kind == "execute")
+        .where(
+            Job.generation_id == generation_id,
+            Job.kind == "execute",
+            Job.workspace_id == workspace,
+        )
         .order_by(Job.created_at, Job.id)
     )
     ratings = session.scalars(

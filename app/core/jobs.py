@@ -20,7 +20,9 @@ from sqlalchemy.orm import Session
 
 from app.core import lifecycle, names
 from app.core.errors import BadRequest, NotFound
-from app.core.models import Job, utcnow
+from app.core.models import DEFAULT_WORKSPACE, Job, utcnow
+from app.core.webhooks import PENDING as WEBHOOK_PENDING
+from app.core.webhooks import webhook_json
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ def job_to_json(
         "request": job.request,
         "result": job.result,
         "error": job.error,
+        "webhook": webhook_json(job),
         "links": {"self": base, "events": f"{base}/events", "cancel": f"{base}/cancel"},
     }
 
@@ -66,11 +69,15 @@ def create_job(
     request: dict[str, Any],
     idempotency_key: str | None = None,
     parent_id: str | None = None,
+    workspace: str = DEFAULT_WORKSPACE,
+    callback_url: str | None = None,
 ) -> tuple[Job, bool]:
     """Insert a queued job; with an idempotency key, return (existing, False) on repeat.
 
     `parent_id` names the job that started this one (the agent's tool calls). An
-    execution that names a `generation_id` is linked to that generation.
+    execution that names a `generation_id` is linked to that generation. `workspace` is
+    the owner's: the memory the job's worker reads and writes. A `callback_url` is
+    POSTed the final job (app/core/webhooks.py): its delivery is pending from here on.
     """
     _task, queue = names.JOB_ROUTES[kind]
     if idempotency_key is not None:
@@ -84,10 +91,13 @@ def create_job(
         kind=kind,
         queue=queue,
         owner=owner,
+        workspace_id=workspace,
         request=request,
         idempotency_key=idempotency_key,
         parent_id=parent_id,
         generation_id=generation_id if isinstance(generation_id, str) else None,
+        callback_url=callback_url,
+        webhook_status=WEBHOOK_PENDING if callback_url else None,
     )
     session.add(job)
     try:
@@ -171,17 +181,6 @@ def list_jobs(
     rows = list(session.scalars(query))
     next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
     return rows[:limit], next_cursor
-
-
-def count_open_jobs(session: Session, owner: str) -> int:
-    return int(
-        session.scalar(
-            select(func.count())
-            .select_from(Job)
-            .where(Job.owner == owner, Job.status.in_([names.QUEUED, names.RETRYING]))
-        )
-        or 0
-    )
 
 
 def transition(

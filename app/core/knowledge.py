@@ -2,6 +2,10 @@
 
 Items are embedded by the retrieval worker (it finds rows without an embedding), so
 adding one here needs no model and works from the API process.
+
+Items belong to a workspace, or to none (global: the starter snippets). A workspace
+sees its own and the global ones; a title is unique per language within a workspace
+(a workspace may reuse a starter snippet's title).
 """
 
 from __future__ import annotations
@@ -9,13 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from app.core.config import get_settings
 from app.core.errors import Conflict, InvalidInput, PayloadTooLarge
 from app.core.fields import check_language, check_limit, iso_utc
-from app.core.models import KnowledgeItem
+from app.core.models import DEFAULT_WORKSPACE, KnowledgeItem
 from app.core.upsert import insert_for
 
 MAX_TITLE_CHARS = 300
@@ -25,10 +29,21 @@ MAX_CONTENT_BYTES = 65_536
 MAX_LIST_LIMIT = 200
 
 
+def visible_in(workspace: str) -> Any:
+    """The SQL condition for knowledge a workspace sees: its own and the global items."""
+    return or_(KnowledgeItem.workspace_id.is_(None), KnowledgeItem.workspace_id == workspace)
+
+
 def list_knowledge(
-    *, session: Session, language: str, limit: int = 50, offset: int = 0
+    *,
+    session: Session,
+    language: str,
+    limit: int = 50,
+    offset: int = 0,
+    workspace: str = DEFAULT_WORKSPACE,
 ) -> list[KnowledgeItem]:
-    """A language's snippets, best-rated first (unrated ones at the neutral prior)."""
+    """A language's snippets seen by `workspace`, best-rated first (unrated ones at the
+    neutral prior)."""
     check_language(language)
     check_limit(limit, maximum=MAX_LIST_LIMIT)
     if offset < 0:
@@ -37,8 +52,10 @@ def list_knowledge(
     rating = func.coalesce(KnowledgeItem.feedback_score, neutral)
     query = (
         select(KnowledgeItem)
-        .where(KnowledgeItem.language == language)
-        .order_by(rating.desc(), KnowledgeItem.usage_count.desc(), KnowledgeItem.title)
+        .where(KnowledgeItem.language == language, visible_in(workspace))
+        .order_by(
+            rating.desc(), KnowledgeItem.usage_count.desc(), KnowledgeItem.title, KnowledgeItem.id
+        )
         .limit(limit)
         .offset(offset)
     )
@@ -53,8 +70,10 @@ def create_knowledge(
     content: str,
     tags: Sequence[str] = (),
     source: str = "user",
+    workspace: str | None = DEFAULT_WORKSPACE,
 ) -> KnowledgeItem:
-    """Add a snippet. Conflict if the language already has one with this title."""
+    """Add a snippet to `workspace` (None: global, seen by all). Conflict if that
+    workspace already has one with this title in this language."""
     check_language(language)
     title = title.strip()
     if not title or len(title) > MAX_TITLE_CHARS:
@@ -70,11 +89,12 @@ def create_knowledge(
             detail={"field": "content", "limit": MAX_CONTENT_BYTES},
         )
     clean_tags = _check_tags(tags)
+    values = {"language": language, "title": title, "content": content, "tags": clean_tags,
+              "source": source, "workspace_id": workspace}  # fmt: skip
     new_id = session.scalar(
-        insert_for(session, KnowledgeItem)
-        .values(language=language, title=title, content=content, tags=clean_tags, source=source)
-        .on_conflict_do_nothing(index_elements=["language", "title"])
-        .returning(KnowledgeItem.id)
+        on_title_conflict_do_nothing(
+            insert_for(session, KnowledgeItem).values(**values), workspace
+        ).returning(KnowledgeItem.id)
     )
     if new_id is None:
         raise Conflict(
@@ -84,6 +104,16 @@ def create_knowledge(
     item = session.get(KnowledgeItem, new_id)
     assert item is not None
     return item
+
+
+def on_title_conflict_do_nothing(insert: Any, workspace: str | None) -> Any:
+    """`insert` that skips a title its scope already has: a workspace's (a unique
+    constraint) or the global items' (a partial unique index, named by its WHERE)."""
+    if workspace is None:
+        return insert.on_conflict_do_nothing(
+            index_elements=["language", "title"], index_where=KnowledgeItem.workspace_id.is_(None)
+        )
+    return insert.on_conflict_do_nothing(index_elements=["workspace_id", "language", "title"])
 
 
 def knowledge_to_json(item: KnowledgeItem) -> dict[str, Any]:

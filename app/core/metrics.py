@@ -96,9 +96,14 @@ TOOL_CALLS = CounterSpec(
     "codeloop_tool_calls", "The agent's tool calls by tool and outcome (ok, failed)",
     ("name", "outcome"),
 )  # fmt: skip
+QUOTA_REFUSALS = CounterSpec(
+    "codeloop_quota_refusals",
+    "Requests the API refused by a quota (429) or a full queue (503), by limit",
+    ("limit",),
+)
 
 HISTOGRAMS = (TTFT, INTER_TOKEN, TOKENS_PER_S, QUEUE_WAIT, TOOL_DURATION, RETRIEVER_QUERY)
-COUNTERS = (GENERATED_TOKENS, JOBS_FINISHED, SANDBOX_RUNS, TOOL_CALLS)
+COUNTERS = (GENERATED_TOKENS, JOBS_FINISHED, SANDBOX_RUNS, TOOL_CALLS, QUOTA_REFUSALS)
 _SPECS: dict[str, HistogramSpec | CounterSpec] = {s.name: s for s in (*HISTOGRAMS, *COUNTERS)}
 
 

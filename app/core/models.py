@@ -22,8 +22,15 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Id and name of the workspace that env keys, the anonymous caller and every key created
+# without `--workspace` belong to (app/core/workspaces.py).
+DEFAULT_WORKSPACE = "default"
+# Knowledge rows with this workspace are global: the starter snippets every workspace sees.
+_GLOBAL_ROW = text("workspace_id IS NULL")
 
 
 def utcnow() -> datetime:
@@ -46,6 +53,7 @@ class Job(Base):
         UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
         Index("ix_jobs_owner_created", "owner", "created_at"),
         Index("ix_jobs_status_queue", "status", "queue"),
+        Index("ix_jobs_owner_status", "owner", "status"),  # quotas: a key's open jobs
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -53,6 +61,8 @@ class Job(Base):
     queue: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16), default="queued")
     owner: Mapped[str] = mapped_column(String(64))
+    # The owner's workspace when the job was made: the memory its worker may read and write.
+    workspace_id: Mapped[str] = mapped_column(String(36), default=DEFAULT_WORKSPACE)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
     request: Mapped[dict[str, Any]] = mapped_column(JSON)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
@@ -72,17 +82,33 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
+    # The request's `callback_url` and how its delivery went (app/core/webhooks.py):
+    # status pending → delivered | failed; `webhook_next_at` is when the next attempt
+    # may start (also how long a claimed attempt is held before another may take over).
+    callback_url: Mapped[str | None] = mapped_column(String(2048), default=None)
+    webhook_status: Mapped[str | None] = mapped_column(String(16), default=None, index=True)
+    webhook_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    webhook_next_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    webhook_last_status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    webhook_last_error: Mapped[str | None] = mapped_column(String(500), default=None)
+    webhook_delivered_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), default=None
+    )
 
 
 class CodeHistory(Base):
     """Every generation: what was asked, what came back, how users rated it."""
 
     __tablename__ = "code_history"
-    __table_args__ = (Index("ix_code_history_language_score", "language", "feedback_score"),)
+    __table_args__ = (
+        Index("ix_code_history_language_score", "language", "feedback_score"),
+        Index("ix_code_history_workspace_language", "workspace_id", "language"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), default=None, index=True)
     owner: Mapped[str] = mapped_column(String(64), default="anonymous")
+    workspace_id: Mapped[str] = mapped_column(String(36), default=DEFAULT_WORKSPACE)
     project_id: Mapped[str | None] = mapped_column(String(200), default=None)
     task: Mapped[str] = mapped_column(Text)
     language: Mapped[str] = mapped_column(String(32))
@@ -107,12 +133,30 @@ class CodeHistory(Base):
 
 
 class KnowledgeItem(Base):
-    """A curated snippet the model may be shown."""
+    """A curated snippet the model may be shown.
+
+    `workspace_id` NULL: global (the starter snippets, seen by every workspace); otherwise
+    written by a key of that workspace and seen only there. A title is unique per
+    language within its workspace, and among the global rows (a partial index).
+    """
 
     __tablename__ = "knowledge_base"
-    __table_args__ = (UniqueConstraint("language", "title", name="uq_knowledge_language_title"),)
+    __table_args__ = (
+        UniqueConstraint(
+            "workspace_id", "language", "title", name="uq_knowledge_workspace_language_title"
+        ),
+        Index(
+            "uq_knowledge_global_language_title",
+            "language",
+            "title",
+            unique=True,
+            sqlite_where=_GLOBAL_ROW,
+            postgresql_where=_GLOBAL_ROW,
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    workspace_id: Mapped[str | None] = mapped_column(String(36), default=None)
     language: Mapped[str] = mapped_column(String(32), index=True)
     title: Mapped[str] = mapped_column(String(300))
     content: Mapped[str] = mapped_column(Text)
@@ -125,13 +169,22 @@ class KnowledgeItem(Base):
 
 
 class ProjectFile(Base):
-    """A file uploaded as context for one project."""
+    """A file uploaded as context for one project of a workspace (`owner`: who created it).
+
+    `revision` counts writes (1 when created), so one upsert tells created from replaced.
+    """
 
     __tablename__ = "project_context"
-    __table_args__ = (UniqueConstraint("project_id", "path", name="uq_project_context_path"),)
+    __table_args__ = (
+        UniqueConstraint(
+            "workspace_id", "project_id", "path", name="uq_project_context_workspace_path"
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     owner: Mapped[str] = mapped_column(String(64), default="anonymous")
+    workspace_id: Mapped[str] = mapped_column(String(36), default=DEFAULT_WORKSPACE)
+    revision: Mapped[int] = mapped_column(Integer, default=1)
     project_id: Mapped[str] = mapped_column(String(200))
     path: Mapped[str] = mapped_column(String(1000))
     content: Mapped[str] = mapped_column(Text)
@@ -143,7 +196,12 @@ class ProjectFile(Base):
 
 
 class FeedbackLog(Base):
+    """One key's rating of a generation: a new rating by the same key replaces it."""
+
     __tablename__ = "feedback_log"
+    __table_args__ = (
+        UniqueConstraint("generation_id", "owner", name="uq_feedback_log_generation_owner"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     generation_id: Mapped[str] = mapped_column(ForeignKey("code_history.id"), index=True)
@@ -172,6 +230,16 @@ class FunctionCall(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class Workspace(Base):
+    """Who shares memory: every key belongs to one (`default` unless an operator says)."""
+
+    __tablename__ = "workspaces"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class ApiKey(Base):
     """An API key, stored as its SHA-256 (keys are 32 random bytes, so no slow hash)."""
 
@@ -179,6 +247,9 @@ class ApiKey(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
+    workspace_id: Mapped[str] = mapped_column(
+        ForeignKey("workspaces.id"), default=DEFAULT_WORKSPACE, index=True
+    )
     prefix: Mapped[str] = mapped_column(String(16))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -200,6 +271,9 @@ class Embedding(Base):
     item_type: Mapped[str] = mapped_column(String(16))  # "generation" | "knowledge"
     item_id: Mapped[str] = mapped_column(String(36))
     language: Mapped[str] = mapped_column(String(32), index=True)
+    # The item's workspace (NULL: global), copied at embedding time so an index replica
+    # can filter a search by workspace without asking SQL; items never change workspace.
+    workspace_id: Mapped[str | None] = mapped_column(String(36), default=None)
     model: Mapped[str] = mapped_column(String(200))
     dim: Mapped[int] = mapped_column(Integer)
     vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little-endian

@@ -23,6 +23,7 @@ TASK_OPTIMIZE = "codeloop.optimize"
 TASK_RECONCILE = "codeloop.reconcile"
 TASK_TUNE_RETRIEVER = "codeloop.tune_retriever"  # beat's run of the retriever tuner
 TASK_TELL_GENERATION = "codeloop.tell_generation_trials"
+TASK_DELIVER_WEBHOOK = "codeloop.deliver_webhook"  # a final job's callback (maintenance)
 TASK_PING = "codeloop.ping"
 
 # kind -> (task name, queue)
@@ -38,6 +39,7 @@ TASK_QUEUES: dict[str, str] = {task: queue for task, queue in JOB_ROUTES.values(
 TASK_QUEUES[TASK_RECONCILE] = QUEUE_MAINTENANCE
 TASK_QUEUES[TASK_TUNE_RETRIEVER] = QUEUE_MAINTENANCE
 TASK_QUEUES[TASK_TELL_GENERATION] = QUEUE_MAINTENANCE
+TASK_QUEUES[TASK_DELIVER_WEBHOOK] = QUEUE_MAINTENANCE
 
 # --- statuses -----------------------------------------------------------------------------
 QUEUED, RUNNING, RETRYING = "queued", "running", "retrying"
@@ -110,6 +112,17 @@ def dispatch_marker_key(job_id: str) -> str:
 
 def progress_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:progress"
+
+
+def webhook_queued_key(job_id: str) -> str:
+    """Set while a delivery task for the job's webhook waits in the queue, so the
+    reconciler's sweep does not queue another behind it."""
+    return f"{PREFIX}:job:{job_id}:webhook_queued"
+
+
+def request_rate_key(owner: str) -> str:
+    """An API key's request-rate state (app/api/quotas.py; expires when idle)."""
+    return f"{PREFIX}:quota:{owner}:rate"
 
 
 # --- tuning locks (value: the holder, `job:<id>` or `beat:<task id>`; TTL > hard limit) ---

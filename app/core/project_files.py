@@ -5,7 +5,11 @@ written out into a sandbox, so they are normalised to one canonical relative POS
 and anything that could climb out of the project (`..`, absolute paths, drive letters,
 backslashes, NUL and control characters, look-alike dots) is refused, not repaired.
 
-A project belongs to the API key that uploaded its first file; other keys see 404.
+A project belongs to a workspace: `project_id` names a project within the caller's
+workspace, every key of that workspace shares it, and another workspace's project of
+the same name is a different project (its files are a 404 here, never touched). A
+write is one upsert keyed by (workspace, project, path), so there is no check-then-write
+window in which another workspace's key could overwrite a file.
 """
 
 from __future__ import annotations
@@ -21,13 +25,31 @@ from sqlalchemy.orm import Session
 from app.core.config import get_settings
 from app.core.errors import InvalidInput, NotFound, PayloadTooLarge
 from app.core.fields import check_limit, iso_utc
-from app.core.models import ProjectFile, utcnow
+from app.core.models import DEFAULT_WORKSPACE, ProjectFile, utcnow
 from app.core.upsert import insert_for
 
 MAX_PATH_CHARS = 1000
 MAX_SEGMENT_CHARS = 255
 MAX_LIST_LIMIT = 5000
-_PROJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+PROJECT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
+_PROJECT_ID = re.compile(PROJECT_ID_PATTERN)
+
+# The paths accepted, as one regex for /openapi.json (a subset of what the checks of
+# `normalize_project_path` let through, which it also enforces): segments separated by
+# slashes, `.` and empty segments allowed; each name is at most 255 characters with
+# something besides dots and spaces (and their Unicode look-alikes) among its first
+# five; no control character, `\`, `:` (drive letters) or `%` (the URL escape) at all.
+# Characters besides ' ' and '.' that NFKC folds into spaces or dots.
+_LOOKALIKES = (
+    r"\x85\xa0\u1680\u2000-\u200a\u2024-\u2026\u2028\u2029"
+    r"\u202f\u205f\u3000\ufe19\ufe30\ufe52\uff0e"
+)
+_ANY = r"[^\x00-\x1f\x7f/\\:%]"
+_DOTS_SPACES = f"[ .{_LOOKALIKES}]"
+_SOLID = f"[^\\x00-\\x20\\x7f/\\\\:%.{_LOOKALIKES}]"
+_NAME = f"{_DOTS_SPACES}{{0,4}}{_SOLID}{_ANY}{{0,250}}"
+PROJECT_PATH_PATTERN = f"^(?:\\./+)*{_NAME}(?:/+(?:\\.|{_NAME}))*/*$"
+_PROJECT_PATH = re.compile(PROJECT_PATH_PATTERN)
 _DRIVE = re.compile(r"[A-Za-z]:")
 
 
@@ -66,8 +88,11 @@ def normalize_project_path(path: str) -> str:
         if len(part) > MAX_SEGMENT_CHARS:
             raise refuse(f"a path segment is longer than {MAX_SEGMENT_CHARS} characters")
     clean = "/".join(parts)
-    if len(clean) > MAX_PATH_CHARS:
+    if len(path) > MAX_PATH_CHARS:
         raise refuse(f"longer than {MAX_PATH_CHARS} characters")
+    if not _PROJECT_PATH.fullmatch(path):
+        raise refuse("each name needs a character besides dots and spaces among its first "
+                     "five; ':' and '%' are not allowed")  # fmt: skip
     return clean
 
 
@@ -98,41 +123,54 @@ def put_project_file(
     path: str,
     content: str | bytes,
     owner: str = "anonymous",
+    workspace: str = DEFAULT_WORKSPACE,
 ) -> tuple[ProjectFile, bool]:
-    """Create or replace a file; returns the row and whether it was created."""
+    """Create or replace a file of the workspace's project; returns the row and whether
+    it was created. One statement: the upsert's key is the ownership check."""
     check_project_id(project_id)
     clean = normalize_project_path(path)
     text = decode_content(content)
-    _check_owner(session, project_id, owner)
     size = len(text.encode())
     digest = hashlib.sha256(text.encode()).hexdigest()
-    existed = _find(session, project_id, clean) is not None
-    session.execute(
+    file_id, revision = session.execute(
         insert_for(session, ProjectFile)
         .values(
-            owner=owner, project_id=project_id, path=clean, content=text, size=size, sha256=digest
+            owner=owner,
+            workspace_id=workspace,
+            project_id=project_id,
+            path=clean,
+            content=text,
+            size=size,
+            sha256=digest,
+            revision=1,
         )
         .on_conflict_do_update(
-            index_elements=["project_id", "path"],
-            set_={"content": text, "size": size, "sha256": digest, "updated_at": utcnow()},
+            index_elements=["workspace_id", "project_id", "path"],
+            set_={
+                "content": text,
+                "size": size,
+                "sha256": digest,
+                "updated_at": utcnow(),
+                "revision": ProjectFile.revision + 1,
+            },
         )
-    )
-    row = _find(session, project_id, clean)
+        .returning(ProjectFile.id, ProjectFile.revision)
+    ).one()
+    row = session.get(ProjectFile, file_id, populate_existing=True)
     assert row is not None
-    session.refresh(row)
-    return row, not existed
+    return row, revision == 1
 
 
 def list_project_files(
-    *, session: Session, project_id: str, owner: str = "anonymous", limit: int = 1000
+    *, session: Session, project_id: str, workspace: str = DEFAULT_WORKSPACE, limit: int = 1000
 ) -> list[ProjectFile]:
-    """A project's files by path; NotFound if it has none visible to `owner`."""
+    """A workspace's project's files by path; NotFound if it has none."""
     check_project_id(project_id)
     check_limit(limit, maximum=MAX_LIST_LIMIT)
     rows = list(
         session.scalars(
             select(ProjectFile)
-            .where(ProjectFile.project_id == project_id, ProjectFile.owner == owner)
+            .where(ProjectFile.workspace_id == workspace, ProjectFile.project_id == project_id)
             .order_by(ProjectFile.path)
             .limit(limit)
         )
@@ -143,24 +181,27 @@ def list_project_files(
 
 
 def get_project_file(
-    *, session: Session, project_id: str, path: str, owner: str = "anonymous"
+    *, session: Session, project_id: str, path: str, workspace: str = DEFAULT_WORKSPACE
 ) -> ProjectFile:
     check_project_id(project_id)
     clean = normalize_project_path(path)
-    row = _find(session, project_id, clean)
-    if row is None or row.owner != owner:
-        raise NotFound(
-            f"file {clean!r} not found in project {project_id!r}",
-            detail={"project_id": project_id, "path": clean},
-        )
+    row = session.scalar(_one_file(workspace, project_id, clean, select(ProjectFile)))
+    if row is None:
+        raise _file_not_found(project_id, clean)
     return row
 
 
 def delete_project_file(
-    *, session: Session, project_id: str, path: str, owner: str = "anonymous"
+    *, session: Session, project_id: str, path: str, workspace: str = DEFAULT_WORKSPACE
 ) -> None:
-    row = get_project_file(session=session, project_id=project_id, path=path, owner=owner)
-    session.execute(delete(ProjectFile).where(ProjectFile.id == row.id))
+    """Delete one file of the workspace's project (one statement); NotFound if absent."""
+    check_project_id(project_id)
+    clean = normalize_project_path(path)
+    gone = session.execute(
+        _one_file(workspace, project_id, clean, delete(ProjectFile)).returning(ProjectFile.id)
+    ).first()
+    if gone is None:
+        raise _file_not_found(project_id, clean)
 
 
 def project_file_to_json(row: ProjectFile, *, with_content: bool = True) -> dict[str, Any]:
@@ -176,17 +217,16 @@ def project_file_to_json(row: ProjectFile, *, with_content: bool = True) -> dict
     return data
 
 
-def _find(session: Session, project_id: str, path: str) -> ProjectFile | None:
-    return session.scalar(
-        select(ProjectFile).where(ProjectFile.project_id == project_id, ProjectFile.path == path)
+def _one_file(workspace: str, project_id: str, path: str, statement: Any) -> Any:
+    return statement.where(
+        ProjectFile.workspace_id == workspace,
+        ProjectFile.project_id == project_id,
+        ProjectFile.path == path,
     )
 
 
-def _check_owner(session: Session, project_id: str, owner: str) -> None:
-    other = session.scalar(
-        select(ProjectFile.owner)
-        .where(ProjectFile.project_id == project_id, ProjectFile.owner != owner)
-        .limit(1)
+def _file_not_found(project_id: str, path: str) -> NotFound:
+    return NotFound(
+        f"file {path!r} not found in project {project_id!r}",
+        detail={"project_id": project_id, "path": path},
     )
-    if other is not None:
-        raise NotFound(f"project {project_id!r} not found", detail={"project_id": project_id})

@@ -57,8 +57,9 @@ def test_feedback_endpoint(client):
     gen = _generation()
     first = client.post("/feedback", json={"generation_id": gen, "score": 1.0})
     assert first.status_code == 201
+    # one rating per key: the (anonymous) caller's second rating replaces its first
     second = client.post("/feedback", json={"generation_id": gen, "score": 0.5, "comment": "ok"})
-    assert second.json() == {"generation_id": gen, "feedback_score": 0.75, "feedback_count": 2}
+    assert second.json() == {"generation_id": gen, "feedback_score": 0.5, "feedback_count": 1}
     _error(client.post("/feedback", json={"generation_id": "nope", "score": 0.5}), 404, "not_found")
     for bad in (1.5, -0.1, "high"):
         _error(client.post("/feedback", json={"generation_id": gen, "score": bad}), 422,

@@ -31,6 +31,30 @@ def test_a_reconnect_with_last_event_id_to_a_finished_job_whose_stream_expired_e
     assert [(e.id, e.event, e.data) for e in events] == [(None, "done", job["result"])]
 
 
+def test_a_reconnect_from_before_the_log_lost_its_head_ends_with_sql_instead_of_a_hole(
+    platform: Platform,
+):
+    """The bug: after a flush the log went on from the lost run's last seq, so a client
+    back with an older Last-Event-ID (or a new one, from 0) was replayed the rest and
+    silently skipped the events in between (found by tests/chaos, the flush scenario)."""
+    with platform.client() as http:
+        job_id = http.post("/generate_code", json={"task": "x", "max_new_tokens": 8}).json()["id"]
+        job = http.get(f"/jobs/{job_id}", params={"wait": 30}).json()
+        assert job["status"] == "succeeded"
+        client = platform.redis()
+        stream = names.events_stream_key(job_id)
+        assert client.xlen(stream) >= 6
+        client.xtrim(stream, minid="5-0", approximate=False)  # the log now starts at seq 5
+        client.close()
+        for last_event_id in ("2", "0"):
+            events = read_events(http, f"/jobs/{job_id}/events", timeout=20,
+                                 headers={"Last-Event-ID": last_event_id})  # fmt: skip
+            assert [(e.id, e.event, e.data) for e in events] == [(None, "done", job["result"])]
+        # From where the log still starts, the stream itself goes on.
+        events = read_events(http, f"/jobs/{job_id}/events", headers={"Last-Event-ID": "4"})
+    assert events[0].id == 5 and events[-1].event == "done" and events[-1].id is not None
+
+
 @pytest.mark.slow
 def test_a_stream_whose_redis_lost_the_log_mid_job_goes_on_with_correct_ids(service_env, tmp_path):
     """The bug: the per-job seq counter lived only in Redis; after a flush it restarted

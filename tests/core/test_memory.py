@@ -50,15 +50,34 @@ def _generation(sessions, task: str = "add two numbers", language: str = "python
 # --- feedback -----------------------------------------------------------------------------------
 def test_feedback_keeps_running_mean_and_log_in_one_transaction(sessions):
     gen = _generation(sessions)
-    for score, mean in ((1.0, 1.0), (0.0, 0.5), (0.5, 0.5), (0.9, 0.6)):
+    for key, (score, mean) in enumerate(((1.0, 1.0), (0.0, 0.5), (0.5, 0.5), (0.9, 0.6))):
         with sessions.begin() as session:
-            result = record_feedback(session=session, generation_id=gen, score=score, comment="ok")
-        assert result.feedback_count >= 1 and result.feedback_score == pytest.approx(mean)
+            result = record_feedback(
+                session=session, generation_id=gen, score=score, comment="ok", owner=f"k{key}"
+            )
+        assert result.feedback_count == key + 1 and result.feedback_score == pytest.approx(mean)
     with sessions() as session:
         row = session.get(CodeHistory, gen)
         assert (row.feedback_count, row.feedback_score) == (4, pytest.approx(0.6))
         logged = session.scalars(select(FeedbackLog.score).order_by(FeedbackLog.id)).all()
         assert logged == [1.0, 0.0, 0.5, 0.9]
+
+
+def test_a_new_rating_by_the_same_key_replaces_its_old_one(sessions):
+    gen = _generation(sessions)
+    steps = [("alice", 1.0, 1.0, 1), ("bob", 0.0, 0.5, 2), ("alice", 0.2, 0.1, 2),
+             ("alice", 0.6, 0.3, 2)]  # fmt: skip
+    for owner, score, mean, count in steps:
+        with sessions.begin() as session:
+            result = record_feedback(
+                session=session, generation_id=gen, score=score, owner=owner, comment=owner
+            )
+        assert (result.feedback_count, result.feedback_score) == (count, pytest.approx(mean))
+    with sessions() as session:
+        logged = session.execute(
+            select(FeedbackLog.owner, FeedbackLog.score).order_by(FeedbackLog.owner)
+        ).all()
+    assert [tuple(row) for row in logged] == [("alice", 0.6), ("bob", 0.0)]
 
 
 def test_feedback_refuses_unknown_generation_and_bad_scores(sessions):
@@ -83,9 +102,11 @@ def test_concurrent_feedback_on_one_generation_keeps_count_and_mean_exact(sessio
 
     def rate(worker: int) -> None:
         start.wait()
-        for score in scores[worker::threads]:
+        for i, score in enumerate(scores[worker::threads]):
             with sessions.begin() as session:
-                record_feedback(session=session, generation_id=gen, score=score)
+                record_feedback(
+                    session=session, generation_id=gen, score=score, owner=f"w{worker}-{i}"
+                )
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(rate, range(threads)))
@@ -94,6 +115,41 @@ def test_concurrent_feedback_on_one_generation_keeps_count_and_mean_exact(sessio
         logged = session.scalars(select(FeedbackLog.score)).all()
     assert row.feedback_count == len(scores) == len(logged)
     assert row.feedback_score == pytest.approx(sum(scores) / len(scores), abs=1e-9)
+
+
+def test_concurrent_re_ratings_keep_one_row_per_key_and_an_exact_mean(sessions):
+    """Keys re-rating one generation at once: each keeps only its last rating, and the
+    aggregate is exactly the mean of those (no lost or double-counted update)."""
+    gen = _generation(sessions)
+    keys, rounds = 6, 15
+    start = threading.Barrier(keys)
+
+    def rate(key: int) -> float:
+        start.wait()
+        score = 0.0
+        for r in range(rounds):
+            score = round(((key * 31 + r * 17) % 101) / 100, 2)
+            with sessions.begin() as session:
+                record_feedback(session=session, generation_id=gen, score=score, owner=f"k{key}")
+        return score
+
+    with ThreadPoolExecutor(keys) as pool:
+        last = list(pool.map(rate, range(keys)))
+    with sessions() as session:
+        row = session.get(CodeHistory, gen)
+        logged = dict(session.execute(select(FeedbackLog.owner, FeedbackLog.score)).all())
+    assert logged == {f"k{key}": score for key, score in enumerate(last)}
+    assert row.feedback_count == keys
+    assert row.feedback_score == pytest.approx(sum(last) / keys, abs=1e-9)
+
+
+def test_rating_another_workspaces_generation_is_not_found(sessions):
+    gen = _generation(sessions, workspace="ws-a")
+    with sessions.begin() as session, pytest.raises(NotFound):
+        record_feedback(session=session, generation_id=gen, score=1.0, workspace="ws-b")
+    with sessions.begin() as session:
+        rated = record_feedback(session=session, generation_id=gen, score=1.0, workspace="ws-a")
+    assert rated.feedback_count == 1
 
 
 # --- knowledge ----------------------------------------------------------------------------------
@@ -157,7 +213,7 @@ def test_best_history_orders_by_rating_then_usage_then_recency(sessions):
             "liked", "unrated_new", "unrated_used", "unrated_old", "unrated_unused", "disliked"
         ]  # fmt: skip
         assert len(best_history(session=session, language="python", limit=2)) == 2
-        assert best_history(session=session, language="python", owner="someone-else") == []
+        assert best_history(session=session, language="python", workspace="elsewhere") == []
         with pytest.raises(InvalidInput):
             best_history(session=session, language="python", limit=101)
 
@@ -265,20 +321,64 @@ def test_project_files_refuse_traversal_oversize_and_binary(sessions):
         list_project_files(session=session, project_id="demo")
 
 
-def test_a_project_belongs_to_the_key_that_created_it(sessions):
+def test_a_project_id_names_a_separate_project_in_each_workspace(sessions):
+    def put(workspace: str, path: str, content: str, owner: str) -> bool:
+        with sessions.begin() as session:
+            put = put_project_file(
+                session=session, project_id="p", path=path, content=content, owner=owner,
+                workspace=workspace,
+            )  # fmt: skip
+            return put[1]
+
+    assert put("ws-a", "a.py", "alice's", "alice")
+    # bob, in another workspace, makes his own project "p"; alice's file is untouched
+    assert put("ws-b", "a.py", "bob's", "bob")
+    assert not put("ws-a", "a.py", "carol's edit", "carol")  # carol shares alice's workspace
     with sessions.begin() as session:
-        put_project_file(session=session, project_id="p", path="a.py", content="a", owner="alice")
-    with sessions.begin() as session:
+        assert get_project_file(session=session, project_id="p", path="a.py",
+                                workspace="ws-b").content == "bob's"  # fmt: skip
+        a_file = get_project_file(session=session, project_id="p", path="a.py", workspace="ws-a")
+        assert (a_file.content, a_file.owner, a_file.revision) == ("carol's edit", "alice", 2)
         with pytest.raises(NotFound):
-            put_project_file(session=session, project_id="p", path="b.py", content="b", owner="bob")
+            get_project_file(session=session, project_id="p", path="a.py", workspace="ws-c")
         with pytest.raises(NotFound):
-            get_project_file(session=session, project_id="p", path="a.py", owner="bob")
+            list_project_files(session=session, project_id="p", workspace="ws-c")
         with pytest.raises(NotFound):
-            list_project_files(session=session, project_id="p", owner="bob")
-        with pytest.raises(NotFound):
-            delete_project_file(session=session, project_id="p", path="a.py", owner="bob")
+            delete_project_file(session=session, project_id="p", path="a.py", workspace="ws-c")
+        delete_project_file(session=session, project_id="p", path="a.py", workspace="ws-b")
     with sessions() as session:
-        assert len(list_project_files(session=session, project_id="p", owner="alice")) == 1
+        assert len(list_project_files(session=session, project_id="p", workspace="ws-a")) == 1
+        with pytest.raises(NotFound):
+            list_project_files(session=session, project_id="p", workspace="ws-b")
+
+
+def test_concurrent_writes_to_one_path_from_two_workspaces_never_clobber(sessions):
+    """The ownership check is the upsert's key: racing writers of the same project id
+    and path in two workspaces each end with their own file, never the other's."""
+    writers, rounds = 4, 10
+    start = threading.Barrier(writers)
+
+    def write(writer: int) -> list[bool]:
+        workspace = f"ws-{writer % 2}"
+        start.wait()
+        created = []
+        for r in range(rounds):
+            with sessions.begin() as session:
+                created.append(put_project_file(
+                    session=session, project_id="shared", path="src/app.py",
+                    content=f"{workspace} writer {writer} round {r}", workspace=workspace,
+                )[1])  # fmt: skip
+        return created
+
+    with ThreadPoolExecutor(writers) as pool:
+        created = [flag for flags in pool.map(write, range(writers)) for flag in flags]
+    assert sum(created) == 2  # one creation per workspace, every other write a replace
+    with sessions() as session:
+        for workspace in ("ws-0", "ws-1"):
+            row = get_project_file(session=session, project_id="shared", path="src/app.py",
+                                   workspace=workspace)  # fmt: skip
+            assert row.content.startswith(f"{workspace} writer ")
+            assert row.revision == writers // 2 * rounds
 
 
 # --- starter knowledge --------------------------------------------------------------------------

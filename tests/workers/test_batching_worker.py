@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -72,9 +73,19 @@ def when(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
-def test_concurrent_jobs_each_stream_their_own_tokens_and_match_a_lone_run(stack):
+def started_batcher(tmp_path: Path, kind: str) -> bool:
+    """The generate worker's log says which batcher it built (`GENERATE_BATCHING`)."""
+    logs = " ".join(path.read_text(errors="replace") for path in tmp_path.glob("gen-*.log"))
+    return f"{kind} batching up to {BATCH} sequences" in logs
+
+
+@pytest.mark.parametrize("batching", ["step", "paged"])
+def test_concurrent_jobs_each_stream_their_own_tokens_and_match_a_lone_run(
+    stack, batching, tmp_path
+):
     api = stack("api")
-    stack("worker")
+    stack("worker", CODELOOP_GENERATE_BATCHING=batching)
+    assert started_batcher(tmp_path, batching)
     tasks = [f"job {i}: " + "sort a list " * (i + 1) for i in range(BATCH)]
     with httpx.Client(base_url=api.url, timeout=60) as http:
         ids = [submit(http, task, 80) for task in tasks]
@@ -92,9 +103,11 @@ def test_concurrent_jobs_each_stream_their_own_tokens_and_match_a_lone_run(stack
             assert lone["result"]["text"] == job["result"]["text"]
 
 
-def test_cancel_one_mid_batch_while_the_others_finish(stack):
+@pytest.mark.parametrize("batching", ["step", "paged"])
+def test_cancel_one_mid_batch_while_the_others_finish(stack, batching, tmp_path):
     api = stack("api")
-    stack("worker")
+    stack("worker", CODELOOP_GENERATE_BATCHING=batching)
+    assert started_batcher(tmp_path, batching)
     with httpx.Client(base_url=api.url, timeout=60) as http:
         ids = [submit(http, f"job {i}", 300) for i in range(3)]
         head = read_events(http, f"/jobs/{ids[1]}/events", stop_after=6)

@@ -1,4 +1,8 @@
-"""`BatchedEngine`: the `Engine` interface over a `StepBatcher`, for concurrent callers.
+"""`BatchedEngine`: the `Engine` interface over a batcher, for concurrent callers.
+
+The batcher is the `StepBatcher` (`workers.llm.batching`, the CPU default) or the
+`PagedBatcher` (`workers.llm.paged`: transformers' continuous batching over a paged
+cache, the CUDA default); both take a `BatchRequest` and feed its token queue.
 
 Each Celery task thread calls `generate` as it would on `TransformersEngine`; the
 calls meet in the batcher, which decodes them together. The caller's own thread
@@ -8,35 +12,70 @@ decodes its tokens (UTF-8 safe, `IncrementalDecoder`), calls `on_text`, and chec
 cancelled and leaves the batch at the next step boundary, freeing its cache; tokens
 the batcher decoded for it meanwhile are dropped, so the outcome is the same as
 stopping after that token. A tool call's continuation is a new `generate` call with
-the longer conversation: it joins the batch again (its prompt prefilled afresh).
+the longer conversation: it joins the batch again (the step batcher prefills its
+prompt afresh; the paged one reuses the cached blocks of the prefix it shares).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from workers.agent.engine import EngineFinish, EngineOutcome, Messages, TransformersEngine
 
 if TYPE_CHECKING:
     from workers.llm import LoadedModel, SamplingParams
-    from workers.llm.batching import StepBatcher
+    from workers.llm.batching import BatchRequest
+
+BatcherKind = Literal["step", "paged"]
 
 # How often a caller whose row waits for admission (or for a token) re-checks should_stop.
 POLL_S = 0.05
 
 
+class Batcher(Protocol):
+    """What `BatchedEngine` needs of a batcher (`StepBatcher`, `PagedBatcher`)."""
+
+    def submit(self, request: BatchRequest) -> BatchRequest: ...
+
+    def close(self) -> None: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+
 class BatchedEngine(TransformersEngine):
-    """A loaded model whose `generate` calls from several threads are decoded together."""
+    """A loaded model whose `generate` calls from several threads are decoded together.
 
-    def __init__(self, loaded: LoadedModel, *, max_batch: int, cache_tokens: int) -> None:
-        from workers.llm.batching import StepBatcher
+    `kind` "step": `cache_tokens` bounds the padded cache (rows x longest row).
+    `kind` "paged": `cache_tokens` is the paged cache's size (0: transformers sizes it
+    from free accelerator memory), `page_size` its block size, `max_batch_tokens` the
+    tokens of one forward (prefill chunks plus decoding rows; 0: transformers' 8192).
+    """
 
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        max_batch: int,
+        cache_tokens: int,
+        kind: BatcherKind = "step",
+        page_size: int = 32,
+        max_batch_tokens: int = 0,
+    ) -> None:
         super().__init__(loaded)
-        self.batcher: StepBatcher = StepBatcher(
-            loaded, max_batch=max_batch, cache_tokens=cache_tokens
-        )
+        self.kind = kind
+        self.batcher: Batcher
+        if kind == "paged":
+            from workers.llm.paged import PagedBatcher, PagedOptions
+
+            options = PagedOptions(max_batch, cache_tokens, page_size, max_batch_tokens)
+            self.batcher = PagedBatcher(loaded, options)
+        else:
+            from workers.llm.batching import StepBatcher
+
+            self.batcher = StepBatcher(loaded, max_batch=max_batch, cache_tokens=cache_tokens)
 
     def close(self) -> None:
         self.batcher.close()

@@ -186,7 +186,7 @@ class ToolRunner:
         self, name: str, run: Callable[[ToolContext], dict[str, Any]]
     ) -> tuple[bool, dict[str, Any]]:
         stop = threading.Event()
-        ctx = ToolContext(self.job.job_id, self.job.owner, stop, self.timeout_s)
+        ctx = ToolContext(self.job.job_id, self.job.owner, self.job.workspace, stop, self.timeout_s)
         box: dict[str, Any] = {}
 
         def target() -> None:

@@ -43,6 +43,7 @@ def run_child(
     *,
     parent_id: str,
     owner: str,
+    workspace: str,
     kind: str,
     request: dict[str, Any],
     timeout_s: float,
@@ -54,7 +55,10 @@ def run_child(
     settings = get_settings()
     client = get_redis()
     with session_scope() as session:
-        job, _ = create_job(session, kind=kind, owner=owner, request=request, parent_id=parent_id)
+        job, _ = create_job(
+            session, kind=kind, owner=owner, request=request, parent_id=parent_id,
+            workspace=workspace,
+        )  # fmt: skip
         job_id = job.id
         dispatch(session, celery_app, client, job, settings.result_ttl_s)
     return wait_for_child(job_id, timeout_s=timeout_s, cancelled=cancelled)

@@ -59,7 +59,7 @@ class AgentMemory:
         project_id: str | None,
         *,
         budget: int,
-        owner: str,
+        workspace: str,
         query: np.ndarray,
     ) -> ContextWindow:
         return self.memory.context_window(
@@ -67,7 +67,7 @@ class AgentMemory:
             language,
             project_id,
             token_budget=budget,
-            owner=owner,
+            workspace=workspace,
             query=query,
             record_usage=False,  # `record_usage`, after the job: not on the way to a token
         )
@@ -76,10 +76,21 @@ class AgentMemory:
         self.memory.record_usage(window)
 
     def reuse_candidates(
-        self, query: np.ndarray, language: str, *, min_similarity: float, limit: int
+        self,
+        query: np.ndarray,
+        language: str,
+        *,
+        workspace: str,
+        min_similarity: float,
+        limit: int,
     ) -> list[ReuseCandidate]:
         return reuse_candidates(
-            self.retriever, query, language, min_similarity=min_similarity, limit=limit
+            self.retriever,
+            query,
+            language,
+            workspace=workspace,
+            min_similarity=min_similarity,
+            limit=limit,
         )
 
     def add_candidates(self, window: ContextWindow, candidates: list[ReuseCandidate]) -> None:

@@ -63,6 +63,7 @@ def run_generation(ctx: JobContext, engine: Engine) -> dict[str, Any]:
         for candidate in memory.reuse_candidates(
             query,
             opts.language,
+            workspace=ctx.workspace,
             min_similarity=settings.agent_reuse_min_similarity,
             limit=settings.agent_reuse_candidates,
         ):
@@ -94,8 +95,9 @@ def run_generation(ctx: JobContext, engine: Engine) -> dict[str, Any]:
             engine, render, opts.context_budget_tokens, opts.sampling.max_new_tokens
         )
         context = memory.context_window(
-            opts.task, opts.language, opts.project_id, budget=budget, owner=ctx.owner, query=query
-        )
+            opts.task, opts.language, opts.project_id, budget=budget,
+            workspace=ctx.workspace, query=query,
+        )  # fmt: skip
         memory.add_candidates(context, failed)
         used = context
         ctx.defer(lambda: memory.record_usage(used))
@@ -223,6 +225,7 @@ class _Run:
                 generation_id=self.generation_id,
                 job_id=self.ctx.job_id,
                 owner=self.ctx.owner,
+                workspace=self.ctx.workspace,
                 project_id=opts.project_id,
                 task=opts.task,
                 language=opts.language,

@@ -45,12 +45,18 @@ def reuse_candidates(
     query: np.ndarray,
     language: str,
     *,
+    workspace: str,
     min_similarity: float,
     limit: int,
 ) -> list[ReuseCandidate]:
-    """The best `limit` solutions in memory worth verifying for this task, best first."""
+    """The best `limit` solutions in the workspace's memory (and the global knowledge)
+    worth verifying for this task, best first."""
     hits = retriever.search_vector(
-        query, language=language, k=SEARCH_K, item_types=[KNOWLEDGE, GENERATION]
+        query,
+        language=language,
+        k=SEARCH_K,
+        item_types=[KNOWLEDGE, GENERATION],
+        workspace=workspace,
     )
     found = [
         _candidate(hit, language)

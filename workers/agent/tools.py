@@ -4,7 +4,8 @@ Arguments are pydantic models: their JSON schema is what the system prompt shows
 validating against them is what turns a bad call into a clear error result. A tool
 returns a JSON-able dict or raises `ToolError`; either way the model is told and the
 job goes on. `execute_code` and `lint_code` are child jobs on the execute queue (the
-generate worker never runs untrusted code); the others read memory (retriever, SQL).
+generate worker never runs untrusted code); the others read memory (retriever, SQL),
+always the job's workspace's (and the global knowledge), never another workspace's.
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ class ToolError(Exception):
 
 @dataclass(frozen=True)
 class ToolContext:
-    """What a tool may use: whose job this is, and a cancel flag for child jobs."""
+    """What a tool may use: whose job this is (key and workspace), a cancel flag for
+    child jobs."""
 
     job_id: str
     owner: str
+    workspace: str
     cancelled: threading.Event
     timeout_s: float
 
@@ -150,6 +153,7 @@ def run_execution(ctx: ToolContext, request: dict[str, Any]) -> dict[str, Any]:
     outcome = run_child(
         parent_id=ctx.job_id,
         owner=ctx.owner,
+        workspace=ctx.workspace,
         kind="execute",
         request=request,
         timeout_s=ctx.timeout_s,
@@ -163,6 +167,7 @@ def lint_code(ctx: ToolContext, args: LintArgs) -> dict[str, Any]:
     outcome = run_child(
         parent_id=ctx.job_id,
         owner=ctx.owner,
+        workspace=ctx.workspace,
         kind="lint",
         request={"language": args.language, "code": args.code},
         timeout_s=ctx.timeout_s,
@@ -171,34 +176,41 @@ def lint_code(ctx: ToolContext, args: LintArgs) -> dict[str, Any]:
     return {**_child_result(outcome, "linting"), "job_id": outcome.job_id}
 
 
-def search_code(_ctx: ToolContext, args: SearchArgs) -> dict[str, Any]:
+def search_code(ctx: ToolContext, args: SearchArgs) -> dict[str, Any]:
     from workers.retrieval.service import get_retriever
 
     _check_language(args.language)
-    hits = get_retriever().search(args.query, language=args.language, k=args.k)
+    hits = get_retriever().search(
+        args.query, language=args.language, k=args.k, workspace=ctx.workspace
+    )
     return {"items": [_brief(hit.to_json()) for hit in hits]}
 
 
-def get_knowledge(_ctx: ToolContext, args: KnowledgeArgs) -> dict[str, Any]:
+def get_knowledge(ctx: ToolContext, args: KnowledgeArgs) -> dict[str, Any]:
     _check_language(args.language)
     if args.query:
         from workers.retrieval.service import get_retriever
 
         hits = get_retriever().search(
-            args.query, language=args.language, k=args.limit, item_types=["knowledge"]
-        )
+            args.query, language=args.language, k=args.limit, item_types=["knowledge"],
+            workspace=ctx.workspace,
+        )  # fmt: skip
         return {
             "items": [{"id": h.item_id, "title": h.title, "content": h.details.body} for h in hits]
         }
     with session_scope() as session:
-        rows = list_knowledge(session=session, language=args.language, limit=args.limit)
+        rows = list_knowledge(
+            session=session, language=args.language, limit=args.limit, workspace=ctx.workspace
+        )
         return {"items": [{"id": r.id, "title": r.title, "content": r.content} for r in rows]}
 
 
-def get_history(_ctx: ToolContext, args: HistoryArgs) -> dict[str, Any]:
+def get_history(ctx: ToolContext, args: HistoryArgs) -> dict[str, Any]:
     _check_language(args.language)
     with session_scope() as session:
-        rows = best_history(session=session, language=args.language, limit=args.limit)
+        rows = best_history(
+            session=session, language=args.language, limit=args.limit, workspace=ctx.workspace
+        )
         return {
             "items": [
                 {

@@ -28,6 +28,7 @@ import logging
 import queue
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -58,11 +59,18 @@ class BatchRequest:
     params: SamplingParams
     limit: int
     tokens: queue.SimpleQueue[int | RowEnd] = field(default_factory=queue.SimpleQueue)
+    # Set by a batcher that names its requests and must act on a cancel at once (the
+    # paged one frees the sequence's blocks).
+    request_id: str | None = None
+    on_cancel: Callable[[], None] | None = None
     _cancelled: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
         """Drop this request at the next step boundary (idempotent; safe once finished)."""
+        first = not self._cancelled.is_set()
         self._cancelled.set()
+        if first and self.on_cancel is not None:
+            self.on_cancel()
 
     @property
     def cancelled(self) -> bool:
@@ -284,11 +292,18 @@ def _pick(scores: torch.Tensor, row: _Row, params: SamplingParams) -> int:
         return int(scores.argmax())
     probs = torch.softmax(scores / params.temperature, dim=-1)
     if params.top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        before = sorted_probs.cumsum(0) - sorted_probs  # mass of the tokens ranked above
-        sorted_probs[before > params.top_p] = 0.0
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+        probs = keep_top_p(probs, params.top_p)
     return int(torch.multinomial(probs, 1, generator=row.generator))
+
+
+def keep_top_p(probs: torch.Tensor, top_p: float | torch.Tensor) -> torch.Tensor:
+    """`probs` ([..., vocab]) with the tokens outside the nucleus zeroed: a token stays
+    while the mass ranked above it is at most `top_p` (a float, or one per row [..., 1]).
+    The one rule of both batchers (`workers.llm.paged` applies it row by row too)."""
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the tokens ranked above
+    sorted_probs = sorted_probs.masked_fill(before > top_p, 0.0)
+    return torch.zeros_like(probs).scatter(-1, order, sorted_probs)
 
 
 def wait_for(tokens: queue.SimpleQueue[int | RowEnd], timeout: float) -> int | RowEnd | None:

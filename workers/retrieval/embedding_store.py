@@ -5,6 +5,9 @@ constraint), so two workers embedding the same new item race harmlessly: the sec
 insert does nothing. `seq` orders rows for catch-up, but on PostgreSQL a row may become
 visible after rows with higher seqs (ids are handed out at insert, rows appear at
 commit): the retriever keeps re-asking for such gaps (see retriever.py).
+
+Each row carries its item's workspace (NULL: global), copied when it is embedded, so a
+replica filters searches by workspace from the catalog alone.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class PendingItem:
     item_id: str
     language: str
     text: str
+    workspace: str | None = None
 
 
 def generation_text(task: str, code: str, text: str) -> str:
@@ -53,12 +57,18 @@ def knowledge_text(title: str, content: str) -> str:
 
 
 def _row(
-    seq: int, item_type: str, item_id: str, language: str, dim: int, blob: bytes
+    seq: int,
+    item_type: str,
+    item_id: str,
+    language: str,
+    workspace: str | None,
+    dim: int,
+    blob: bytes,
 ) -> EmbeddingRow:
     vector = np.frombuffer(blob, dtype="<f4")
     if vector.shape != (dim,):
         raise ValueError(f"embedding {seq} holds {vector.size} floats, expected {dim}")
-    return EmbeddingRow(seq, LabelInfo(item_type, item_id, language), vector)
+    return EmbeddingRow(seq, LabelInfo(item_type, item_id, language, workspace), vector)
 
 
 def _columns() -> tuple[Any, ...]:
@@ -67,6 +77,7 @@ def _columns() -> tuple[Any, ...]:
         Embedding.item_type,
         Embedding.item_id,
         Embedding.language,
+        Embedding.workspace_id,
         Embedding.dim,
         Embedding.vector,
     )
@@ -112,11 +123,15 @@ def iter_all_rows(
 def catalog(session: Session, model: str, dim: int) -> dict[int, LabelInfo]:
     """seq → item of every row of the model (no vectors): what a replica should hold."""
     rows = session.execute(
-        select(Embedding.seq, Embedding.item_type, Embedding.item_id, Embedding.language).where(
-            Embedding.model == model, Embedding.dim == dim
-        )
+        select(
+            Embedding.seq,
+            Embedding.item_type,
+            Embedding.item_id,
+            Embedding.language,
+            Embedding.workspace_id,
+        ).where(Embedding.model == model, Embedding.dim == dim)
     )
-    return {seq: LabelInfo(t, i, lang) for seq, t, i, lang in rows}
+    return {seq: LabelInfo(t, i, lang, ws) for seq, t, i, lang, ws in rows}
 
 
 def max_seq(session: Session) -> int:
@@ -133,6 +148,7 @@ def pending_items(session: Session, model: str, limit: int) -> list[PendingItem]
             CodeHistory.task,
             CodeHistory.code,
             CodeHistory.text,
+            CodeHistory.workspace_id,
         )
         .outerjoin(
             Embedding,
@@ -145,12 +161,18 @@ def pending_items(session: Session, model: str, limit: int) -> list[PendingItem]
         .where(Embedding.seq.is_(None))
         .limit(limit)
     )
-    for item_id, language, task, code, text in session.execute(missing_gen):
+    for item_id, language, task, code, text, workspace in session.execute(missing_gen):
         pending.append(
-            PendingItem(GENERATION, item_id, language, generation_text(task, code, text))
+            PendingItem(GENERATION, item_id, language, generation_text(task, code, text), workspace)
         )
     missing_kb = (
-        select(KnowledgeItem.id, KnowledgeItem.language, KnowledgeItem.title, KnowledgeItem.content)
+        select(
+            KnowledgeItem.id,
+            KnowledgeItem.language,
+            KnowledgeItem.title,
+            KnowledgeItem.content,
+            KnowledgeItem.workspace_id,
+        )
         .outerjoin(
             Embedding,
             and_(
@@ -162,8 +184,10 @@ def pending_items(session: Session, model: str, limit: int) -> list[PendingItem]
         .where(Embedding.seq.is_(None))
         .limit(max(limit - len(pending), 0))
     )
-    for item_id, language, title, content in session.execute(missing_kb):
-        pending.append(PendingItem(KNOWLEDGE, item_id, language, knowledge_text(title, content)))
+    for item_id, language, title, content, scope in session.execute(missing_kb):
+        pending.append(
+            PendingItem(KNOWLEDGE, item_id, language, knowledge_text(title, content), scope)
+        )
     return pending
 
 
@@ -185,7 +209,11 @@ def generation_item(session: Session, generation_id: str) -> PendingItem | None:
     if row is None:
         return None
     return PendingItem(
-        GENERATION, row.id, row.language, generation_text(row.task, row.code, row.text)
+        GENERATION,
+        row.id,
+        row.language,
+        generation_text(row.task, row.code, row.text),
+        row.workspace_id,
     )
 
 
@@ -201,6 +229,7 @@ def store_vectors(
                 item_type=item.item_type,
                 item_id=item.item_id,
                 language=item.language,
+                workspace_id=item.workspace,
                 model=model,
                 dim=int(vector.shape[0]),
                 vector=blob,

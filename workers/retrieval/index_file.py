@@ -25,7 +25,7 @@ from typing import Any
 from workers.retrieval.vector_index import HnswParams, LabelInfo, VectorIndex
 
 MAGIC = b"CLIDX\x00\x01\n"
-FORMAT = 1
+FORMAT = 2  # 2: each label carries its workspace (a format-1 file is rebuilt from SQL)
 
 
 class IndexFileError(Exception):
@@ -63,7 +63,8 @@ class IndexHeader:
             params=HnswParams.from_dict(data["params"]),
             hwm=int(data["hwm"]),
             labels={
-                int(s): LabelInfo(str(t), str(i), str(lang)) for s, t, i, lang in data["labels"]
+                int(s): LabelInfo(str(t), str(i), str(lang), None if ws is None else str(ws))
+                for s, t, i, lang, ws in data["labels"]
             },
             gaps=[int(g) for g in data.get("gaps", [])],
         )

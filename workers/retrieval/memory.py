@@ -10,6 +10,9 @@ feeds back into ranking.
 
 Project files are not in the vector index (they change too often); each is embedded on
 demand and cached by content hash, so an unchanged file is embedded once per process.
+
+Everything comes from one workspace's memory (plus the global knowledge): the vector
+search filters by workspace in the index, project files by workspace in SQL.
 """
 
 from __future__ import annotations
@@ -142,14 +145,14 @@ class CodeMemory:
         project_id: str | None = None,
         *,
         token_budget: int = DEFAULT_TOKEN_BUDGET,
-        owner: str | None = None,
+        workspace: str | None = None,
         record_usage: bool = True,
         query: np.ndarray | None = None,
     ) -> ContextWindow:
         """The best context for `task` that fits in `token_budget` tokens.
 
-        `owner` limits project files to that API key's (None: any owner); `query` is
-        the task's embedding when the caller already has it.
+        `workspace` is whose memory to draw on (None: every workspace's — tests only);
+        `query` is the task's embedding when the caller already has it.
         """
         window = ContextWindow(task, language, token_budget)
         if token_budget <= 0:
@@ -158,7 +161,11 @@ class CodeMemory:
             query = self.retriever.embedder.encode_one(task)
         # One search over both types (one catch-up, one SQL read), split afterwards.
         hits = self.retriever.search_vector(
-            query, language=language, k=2 * PER_SOURCE, item_types=[KNOWLEDGE, GENERATION]
+            query,
+            language=language,
+            k=2 * PER_SOURCE,
+            item_types=[KNOWLEDGE, GENERATION],
+            workspace=workspace,
         )
         knowledge = [
             self._from_hit(hit)
@@ -174,7 +181,7 @@ class CodeMemory:
             and hit.details.last_execution_status not in EXEC_FAILED
             and hit.details.body.strip()
         ][:PER_SOURCE]
-        files = self._project_files(task, query, project_id, owner) if project_id else []
+        files = self._project_files(task, query, project_id, workspace) if project_id else []
         self._fill(window, [files, knowledge, generations])
         if record_usage:
             self.record_usage(window)
@@ -190,11 +197,11 @@ class CodeMemory:
         return ContextItem(hit.item_type, hit.item_id, title, text, hit.combined, 0)
 
     def _project_files(
-        self, task: str, query: np.ndarray, project_id: str, owner: str | None
+        self, task: str, query: np.ndarray, project_id: str, workspace: str | None
     ) -> list[ContextItem]:
         stmt = select(ProjectFile).where(ProjectFile.project_id == project_id)
-        if owner is not None:
-            stmt = stmt.where(ProjectFile.owner == owner)
+        if workspace is not None:
+            stmt = stmt.where(ProjectFile.workspace_id == workspace)
         with self.retriever.session() as session:
             files = list(session.scalars(stmt.order_by(ProjectFile.path).limit(MAX_PROJECT_FILES)))
         if not files:

@@ -26,6 +26,12 @@ in batches (at most every `QUERY_FLUSH_S`), the tuner's evaluation set.
 
 Ranking: over-fetch nearest neighbours, read feedback and usage from SQL, sort by
 `ranking.combined_score`. A rating therefore changes the very next search.
+
+Workspaces: every label carries its item's workspace, and a search for a workspace
+filters inside the index (its items and the global ones), never after the fact, so
+another workspace's items can neither leak into results nor push the k best out.
+`workspace=None` searches everything: only for callers that are not serving a user
+(tests, the tuner's evaluation).
 """
 
 from __future__ import annotations
@@ -486,10 +492,15 @@ class FeedbackAwareRetriever:
         language: str | None = None,
         k: int = 5,
         item_types: Iterable[str] | None = None,
+        workspace: str | None = None,
     ) -> list[SearchHit]:
         """The k best items for a query: similar, well rated, often used."""
         return self.search_vector(
-            self.embedder.encode_one(query), language=language, k=k, item_types=item_types
+            self.embedder.encode_one(query),
+            language=language,
+            k=k,
+            item_types=item_types,
+            workspace=workspace,
         )
 
     def search_vector(
@@ -499,13 +510,19 @@ class FeedbackAwareRetriever:
         language: str | None = None,
         k: int = 5,
         item_types: Iterable[str] | None = None,
+        workspace: str | None = None,
     ) -> list[SearchHit]:
+        """Like `search`, for a query already embedded."""
         started = time.perf_counter()
         self.sync()
         with self._lock:
             assert self._index is not None
             nearest = self._index.search(
-                vector, max(k * OVERFETCH, MIN_FETCH), language=language, item_types=item_types
+                vector,
+                max(k * OVERFETCH, MIN_FETCH),
+                language=language,
+                item_types=item_types,
+                workspace=workspace,
             )
             infos = {seq: self._index.labels[seq] for seq, _ in nearest}
         with self._sessions() as session:

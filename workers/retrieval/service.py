@@ -2,7 +2,8 @@
 
 - `warm_up()` in `worker_process_init` loads the embedder and opens the index replica,
   so the first search does not pay for it.
-- `search(request)` runs a search job: `{query, language?, k?}` → ranked items.
+- `search(request, workspace=)` runs a search job: `{query, language?, k?}` → ranked
+  items of that workspace (and the global knowledge).
 - `index_generation(generation_id)` after the generate worker committed a generation.
 - `context_window(...)` for the agent: what to put into a prompt.
 
@@ -61,8 +62,8 @@ def warm_up() -> str:
     return get_retriever().open()
 
 
-def search(request: dict[str, Any]) -> dict[str, Any]:
-    """A search job: `{query, language?, k?}` → `{"items": [...], "took_ms"}`."""
+def search(request: dict[str, Any], *, workspace: str) -> dict[str, Any]:
+    """A search job of `workspace`: `{query, language?, k?}` → `{"items": [...], "took_ms"}`."""
     started = time.perf_counter()
     query = request.get("query")
     if not isinstance(query, str) or not query.strip() or len(query) > MAX_QUERY_CHARS:
@@ -75,7 +76,7 @@ def search(request: dict[str, Any]) -> dict[str, Any]:
     k = request.get("k", 5)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise InvalidInput(f"k must be between 1 and {MAX_K}", detail={"field": "k"})
-    hits = get_retriever().search(query, language=language, k=k)
+    hits = get_retriever().search(query, language=language, k=k, workspace=workspace)
     return {
         "items": [hit.to_json() for hit in hits],
         "took_ms": round((time.perf_counter() - started) * 1000, 1),
@@ -93,9 +94,10 @@ def context_window(
     project_id: str | None = None,
     *,
     token_budget: int = DEFAULT_TOKEN_BUDGET,
-    owner: str | None = None,
+    workspace: str,
 ) -> ContextWindow:
-    """Context for a prompt; raises the usage count of the snippets and generations used."""
+    """Context for a prompt from `workspace`'s memory; raises the usage count of the
+    snippets and generations used."""
     return get_memory().context_window(
-        task, language, project_id, token_budget=token_budget, owner=owner
+        task, language, project_id, token_budget=token_budget, workspace=workspace
     )

@@ -4,8 +4,10 @@ The index only answers "which stored embeddings are nearest"; what an item is wo
 (feedback, usage) is looked up in SQL afterwards. Not thread-safe: the retriever holds
 its lock around every call.
 
-Filtered searches (a language, an item type) use hnswlib's filter callback. When the
-matching subset is small, an exact scan is both faster and complete (a filtered graph
+Filtered searches (a language, an item type, a workspace) use hnswlib's filter callback,
+so a search for one workspace walks the graph over that workspace's items (and the
+global ones) only: another workspace's items can neither appear nor crowd out the k
+best. When the matching subset is small, an exact scan is both faster and complete (a filtered graph
 walk over a huge graph to find a handful of items visits most of it); its vectors are
 copied out of hnswlib once (`get_items` is slow) and kept until the index changes.
 """
@@ -54,9 +56,23 @@ class LabelInfo(NamedTuple):
     item_type: str
     item_id: str
     language: str
+    workspace: str | None = None  # None: a global item, seen from every workspace
 
 
-_Filter = tuple[str | None, frozenset[str] | None]
+_Filter = tuple[str | None, frozenset[str] | None, str | None]
+_CountKey = tuple[str, str, str | None]  # (item_type, language, workspace)
+
+
+def _matches(
+    info: LabelInfo, language: str | None, types: frozenset[str] | None, workspace: str | None
+) -> bool:
+    """Whether a search with these filters may return the item (None: no filter; an item
+    of no workspace is global and matches every workspace)."""
+    return (
+        (language is None or info.language == language)
+        and (types is None or info.item_type in types)
+        and (workspace is None or info.workspace is None or info.workspace == workspace)
+    )
 
 
 class VectorIndex:
@@ -64,7 +80,7 @@ class VectorIndex:
         self.dim = dim
         self.params = params
         self.labels: dict[int, LabelInfo] = {}
-        self._counts: Counter[tuple[str, str]] = Counter()  # (item_type, language) -> n
+        self._counts: Counter[_CountKey] = Counter()
         self._subsets: dict[_Filter, tuple[list[int], np.ndarray]] = {}
         self._index = hnswlib.Index(space=SPACE, dim=dim)
         self._index.init_index(
@@ -94,7 +110,7 @@ class VectorIndex:
         for seq, info in zip(seqs, infos, strict=True):
             self._forget(seq)
             self.labels[seq] = info
-            self._counts[(info.item_type, info.language)] += 1
+            self._counts[_count_key(info)] += 1
 
     def remove(self, seqs: Iterable[int]) -> None:
         for seq in seqs:
@@ -106,7 +122,7 @@ class VectorIndex:
     def _forget(self, seq: int) -> None:
         old = self.labels.pop(seq, None)
         if old is not None:
-            self._counts[(old.item_type, old.language)] -= 1
+            self._counts[_count_key(old)] -= 1
 
     def set_ef(self, ef: int) -> None:
         self.params = HnswParams(self.params.M, self.params.ef_construction, ef)
@@ -118,12 +134,18 @@ class VectorIndex:
             self._ef = ef
 
     # --- search ----------------------------------------------------------------------------
-    def count(self, *, language: str | None = None, item_types: Iterable[str] | None = None) -> int:
-        types = None if item_types is None else set(item_types)
+    def count(
+        self,
+        *,
+        language: str | None = None,
+        item_types: Iterable[str] | None = None,
+        workspace: str | None = None,
+    ) -> int:
+        types = None if item_types is None else frozenset(item_types)
         return sum(
             n
-            for (item_type, lang), n in self._counts.items()
-            if (language is None or lang == language) and (types is None or item_type in types)
+            for (item_type, lang, ws), n in self._counts.items()
+            if _matches(LabelInfo(item_type, "", lang, ws), language, types, workspace)
         )
 
     def search(
@@ -133,25 +155,24 @@ class VectorIndex:
         *,
         language: str | None = None,
         item_types: Iterable[str] | None = None,
+        workspace: str | None = None,
     ) -> list[tuple[int, float]]:
-        """Up to k `(seq, cosine similarity)` pairs, most similar first."""
+        """Up to k `(seq, cosine similarity)` pairs, most similar first.
+
+        `workspace`: only that workspace's items and the global ones (None: any item)."""
         types = None if item_types is None else frozenset(item_types)
-        available = self.count(language=language, item_types=types)
+        available = self.count(language=language, item_types=types, workspace=workspace)
         k = min(k, available)
         if k <= 0:
             return []
         query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, self.dim)
-        filtered = language is not None or types is not None
+        filtered = language is not None or types is not None or workspace is not None
         if filtered and available <= EXACT_SCAN_MAX:
-            return self._exact(query[0], k, (language, types))
+            return self._exact(query[0], k, (language, types, workspace))
 
         def allowed(seq: int) -> bool:
             info = self.labels.get(seq)
-            return (
-                info is not None
-                and (language is None or info.language == language)
-                and (types is None or info.item_type in types)
-            )
+            return info is not None and _matches(info, language, types, workspace)
 
         self._use_ef(max(self.params.ef, k))  # hnswlib needs ef >= k
         while True:
@@ -168,13 +189,7 @@ class VectorIndex:
 
     def _exact(self, query: np.ndarray, k: int, key: _Filter) -> list[tuple[int, float]]:
         if key not in self._subsets:
-            language, types = key
-            seqs = [
-                seq
-                for seq, info in self.labels.items()
-                if (language is None or info.language == language)
-                and (types is None or info.item_type in types)
-            ]
+            seqs = [seq for seq, info in self.labels.items() if _matches(info, *key)]
             vectors = np.asarray(self._index.get_items(seqs, return_type="numpy"), np.float32)
             self._subsets[key] = (seqs, vectors.reshape(len(seqs), self.dim))
         seqs, vectors = self._subsets[key]
@@ -208,5 +223,9 @@ class VectorIndex:
                 index._index.mark_deleted(seq)
         for seq, info in labels.items():
             index.labels[seq] = info
-            index._counts[(info.item_type, info.language)] += 1
+            index._counts[_count_key(info)] += 1
         return index
+
+
+def _count_key(info: LabelInfo) -> _CountKey:
+    return (info.item_type, info.language, info.workspace)

@@ -19,8 +19,9 @@ def run_execution(ctx: JobContext) -> dict[str, Any]:
     if generation_id:
         with session_scope() as session:
             record_execution_status(
-                session=session, generation_id=generation_id, status=result["status"]
-            )
+                session=session, generation_id=generation_id, status=result["status"],
+                workspace=ctx.workspace,
+            )  # fmt: skip
     return result
 
 

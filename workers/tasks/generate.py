@@ -7,7 +7,8 @@ that other workers, which import this module to know the task name, never load t
 What a generation does, step by step, is `workers.agent.orchestrator`'s business.
 
 With batching on (`GENERATE_BATCHING`), the engine is a `BatchedEngine`: every task
-thread's generation joins one batch (see `workers.llm.batching`). Celery enforces no
+thread's generation joins one batch (`workers.llm.batching`'s step batcher, or
+`workers.llm.paged`'s continuous batching over a paged cache). Celery enforces no
 time limits in a threads pool, so a generation there cancels itself at the soft limit
 and fails with `time_limit`, as `SoftTimeLimitExceeded` makes it fail under prefork.
 """
@@ -58,8 +59,31 @@ def _build_engine() -> Engine:
         return TransformersEngine(loaded)
     from workers.agent.batched import BatchedEngine
 
-    max_batch, cache_tokens = batch_limits(cuda=loaded.device.startswith("cuda"))
-    log.info("batching up to %d sequences, %d cache tokens", max_batch, cache_tokens)
+    cuda = loaded.device.startswith("cuda")
+    max_batch, cache_tokens = batch_limits(cuda=cuda)
+    kind = settings.generate_batching
+    # One device for the whole model: accelerate's offloading splits it, the paged cache can't.
+    whole = len(set(getattr(loaded.model, "hf_device_map", {"": 0}).values())) == 1
+    if kind == "paged" or (kind == "auto" and cuda and whole):  # auto: what measured best
+        page_size, max_batch_tokens, paged_cache = paged_limits(cuda=cuda)
+        log.info(
+            "paged batching up to %d sequences, %s cache tokens, pages of %d",
+            max_batch, paged_cache or "auto", page_size,
+        )  # fmt: skip
+        try:
+            return BatchedEngine(
+                loaded,
+                max_batch=max_batch,
+                cache_tokens=paged_cache,
+                kind="paged",
+                page_size=page_size,
+                max_batch_tokens=max_batch_tokens,
+            )
+        except (ImportError, RuntimeError, ValueError) as exc:  # an older transformers, say
+            if kind == "paged":
+                raise
+            log.warning("paged batching unavailable (%s); using the step batcher", exc)
+    log.info("step batching up to %d sequences, %d cache tokens", max_batch, cache_tokens)
     return BatchedEngine(loaded, max_batch=max_batch, cache_tokens=cache_tokens)
 
 
@@ -68,6 +92,16 @@ def batch_limits(*, cuda: bool) -> tuple[int, int]:
     settings = get_settings()
     max_batch = settings.generate_max_batch or (32 if cuda else 8)
     return max_batch, settings.generate_cache_tokens or max_batch * 2048
+
+
+def paged_limits(*, cuda: bool) -> tuple[int, int, int]:
+    """(page size, tokens per forward, cache tokens) of the paged batcher; 0 cache tokens
+    on CUDA lets transformers size the cache from free GPU memory."""
+    settings = get_settings()
+    page_size = settings.generate_page_size or (256 if cuda else 32)
+    max_batch_tokens = settings.generate_max_batch_tokens or (8192 if cuda else 512)
+    cache_tokens = settings.generate_cache_tokens or (0 if cuda else batch_limits(cuda=cuda)[1])
+    return page_size, max_batch_tokens, cache_tokens
 
 
 def load_model_once() -> LoadedModel:

@@ -18,7 +18,7 @@ def warm_up() -> None:
 def run_search(ctx: JobContext) -> dict[str, Any]:
     from workers.retrieval import service
 
-    return service.search(ctx.request)
+    return service.search(ctx.request, workspace=ctx.workspace)
 
 
 search = job_task(names.TASK_SEARCH, run_search, soft_time_limit=60, time_limit=90)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
-from app.api.schemas import Language
+from app.api.schemas import CallbackUrl, Language
 
 STOP_MAX, STOP_CHARS = 4, 64
 
@@ -101,6 +101,7 @@ class ChatCompletionRequest(_Lenient):
     logprobs: StrictBool | None = None
     response_format: dict[str, Any] | None = None
     language: Language = "python"
+    callback_url: CallbackUrl | None = None  # ours too: the job's webhook
 
     @field_validator("stop")
     @classmethod
@@ -138,6 +139,19 @@ class ChatCompletionRequest(_Lenient):
 
 
 # --- bodies we send ----------------------------------------------------------------
+
+
+class OpenAIErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorResponse(BaseModel):
+    """OpenAI's error shape (what `error_body` builds)."""
+
+    error: OpenAIErrorBody
 
 
 def error_body(

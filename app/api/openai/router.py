@@ -19,8 +19,15 @@ from fastapi.routing import APIRoute
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api.deps import AsyncRedisDep, HubDep, OwnerDep
-from app.api.openai.protocol import ChatCompletionRequest, InvalidRequest, error_body, model_card
+from app.api.deps import AsyncRedisDep, CallerDep, HubDep, OwnerDep
+from app.api.errors import allowed_methods, error_responses
+from app.api.openai.protocol import (
+    ChatCompletionRequest,
+    InvalidRequest,
+    OpenAIErrorResponse,
+    error_body,
+    model_card,
+)
 from app.api.openai.serving import Completion, job_request, served_models, submit
 from app.api.sse import sse_response
 from app.core.errors import ApiError
@@ -89,7 +96,19 @@ class OpenAIRoute(APIRoute):
         return route
 
 
-router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
+# One event of a streamed completion: `data: <chat.completion.chunk>`, last `data: [DONE]`.
+_CHUNK_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {"data": {"type": "string"}, "event": {"const": "message"}},
+}
+
+router = APIRouter(
+    prefix="/v1",
+    tags=["openai"],
+    route_class=OpenAIRoute,
+    responses=error_responses(401, 429, 503, model=OpenAIErrorResponse),
+)
 
 
 def _model_not_found(model: str) -> JSONResponse:
@@ -106,7 +125,11 @@ def list_models(owner: OwnerDep) -> dict[str, Any]:
     return {"object": "list", "data": [model_card(m) for m in served_models()]}
 
 
-@router.get("/models/{model:path}", response_model=None)
+@router.get(
+    "/models/{model:path}",
+    response_model=None,
+    responses=error_responses(404, model=OpenAIErrorResponse),
+)
 def get_model(model: str, owner: OwnerDep) -> dict[str, Any] | JSONResponse:
     return model_card(model) if model in served_models() else _model_not_found(model)
 
@@ -116,25 +139,33 @@ def get_model(model: str, owner: OwnerDep) -> dict[str, Any] | JSONResponse:
     response_model=None,
     responses={
         200: {
-            "description": "a chat.completion, or its chat.completion.chunk stream",
-            "content": {"text/event-stream": {}},
-        }
+            "description": "a chat.completion, or its chat.completion.chunk stream "
+            "(`data: <chunk json>` lines, then `data: [DONE]`)",
+            "content": {"text/event-stream": {"itemSchema": _CHUNK_EVENT}},
+        },
+        **error_responses(
+            400,
+            404,
+            413,
+            model=OpenAIErrorResponse,
+            notes={400: "the request is invalid or asks for what is not supported"},
+        ),
     },
 )
 async def chat_completions(
     body: ChatCompletionRequest,
     request: Request,
-    owner: OwnerDep,
+    caller: CallerDep,
     hub: HubDep,
     client: AsyncRedisDep,
 ) -> Response:
     """A chat completion, run as a `generate` job (its id in `X-Job-Id`)."""
     if body.model not in served_models():
         return _model_not_found(body.model)
-    job_id = await submit(request, owner, job_request(body))
+    job_id = await submit(request, caller, job_request(body))
     completion = Completion(
         job_id,
-        owner,
+        caller.owner,
         body.model,
         hub,
         client,
@@ -151,5 +182,13 @@ async def chat_completions(
 @router.api_route(
     "/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False
 )
-def unknown(path: str) -> JSONResponse:
+def unknown(path: str, request: Request) -> JSONResponse:
+    allowed = allowed_methods(request)
+    if allowed:  # a known URL, another method
+        return openai_error(
+            405,
+            f"Method {request.method} is not allowed for /v1/{path}",
+            code="method_not_allowed",
+            headers={"Allow": ", ".join(sorted(allowed))},
+        )
     return openai_error(404, f"Unknown request URL: /v1/{path}", code="unknown_url")

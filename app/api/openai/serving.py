@@ -38,6 +38,7 @@ from app.api.openai.protocol import (
 )
 from app.api.sse import follow_batches, stored_final_event
 from app.api.submit import submit_job
+from app.core.auth import Caller
 from app.core.config import get_settings
 from app.core.db import session_scope
 from app.core.errors import Conflict, NotFound
@@ -87,6 +88,7 @@ def job_request(body: ChatCompletionRequest) -> dict[str, Any]:
         "use_tools": True,
         "use_memory": True,
         "reuse": False,
+        "callback_url": body.callback_url,
         "messages": messages,
         "client_tools": [
             {
@@ -116,12 +118,13 @@ def _job_message(message: ChatMessage) -> dict[str, Any]:
     return out
 
 
-async def submit(request: Request, owner: str, job_body: dict[str, Any]) -> str:
+async def submit(request: Request, caller: Caller, job_body: dict[str, Any]) -> str:
     def run() -> str:
         with session_scope() as session:
             job, _created = submit_job(
-                request, session, kind="generate", owner=owner, body=job_body
-            )
+                request, session, kind="generate", owner=caller.owner,
+                workspace=caller.workspace, body=job_body,
+            )  # fmt: skip
             return job.id
 
     return await run_in_threadpool(run)

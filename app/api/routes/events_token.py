@@ -7,8 +7,10 @@ its key (in a header), then opens `/jobs/{id}/events?token=…`. See app/core/ev
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel
 
 from app.api.deps import OwnerDep, SessionDep, events_token_secret
+from app.api.errors import error_responses
 from app.core import jobs
 from app.core.config import get_settings
 from app.core.events_token import issue_events_token
@@ -16,7 +18,16 @@ from app.core.events_token import issue_events_token
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-@router.post("/{job_id}/events-token")
+class EventsToken(BaseModel):
+    token: str
+    expires_in: int
+
+
+@router.post(
+    "/{job_id}/events-token",
+    response_model=EventsToken,
+    responses=error_responses(401, 404, 422, 429, 503),
+)
 def create_events_token(
     job_id: str, request: Request, session: SessionDep, owner: OwnerDep
 ) -> dict[str, object]:

@@ -6,11 +6,11 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from app.api.deps import AsyncRedisDep, HubDep, OwnerDep
+from app.api.deps import AsyncRedisDep, CallerDep, HubDep
 from app.api.routes.jobs import follow
 from app.api.schemas import GenerateRequest
-from app.api.sse import sse_response
-from app.api.submit import job_response, submit_job
+from app.api.sse import EVENT_STREAM_CONTENT, sse_response
+from app.api.submit import JOB_POST_RESPONSES, job_response, submit_job
 from app.core.db import session_scope
 
 router = APIRouter(tags=["generate"])
@@ -20,12 +20,17 @@ router = APIRouter(tags=["generate"])
     "/generate_code",
     status_code=202,
     responses={
-        202: {"description": "the job, queued"},
-        200: {"description": "a repeated Idempotency-Key, or the SSE stream when streaming"},
+        **JOB_POST_RESPONSES,
+        200: {
+            **JOB_POST_RESPONSES[200],
+            "description": "a repeated `Idempotency-Key` (the first job), or, when streaming, "
+            "the job's events (job id in `X-Job-Id`)",
+            "content": EVENT_STREAM_CONTENT,
+        },
     },
 )
 async def generate_code(
-    body: GenerateRequest, request: Request, owner: OwnerDep, hub: HubDep, client: AsyncRedisDep
+    body: GenerateRequest, request: Request, caller: CallerDep, hub: HubDep, client: AsyncRedisDep
 ) -> Response:
     """Queue a generation. With `"stream": true` (or `Accept: text/event-stream`) the
     answer is the job's event stream itself, with the job id in `X-Job-Id`."""
@@ -33,8 +38,9 @@ async def generate_code(
     def submit() -> tuple[Response, str]:
         with session_scope() as session:
             job, created = submit_job(
-                request, session, kind="generate", owner=owner, body=body.job_request()
-            )
+                request, session, kind="generate", owner=caller.owner,
+                workspace=caller.workspace, body=body.job_request(),
+            )  # fmt: skip
             return job_response(session, job, created), job.id
 
     response, job_id = await run_in_threadpool(submit)

@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse
 
@@ -22,13 +22,21 @@ from app.api.deps import (
     RedisDep,
     SessionDep,
 )
-from app.api.sse import parse_last_event_id, relay_events, sse_response, stored_final_event
+from app.api.errors import error_responses
+from app.api.schemas import JobList, JobOut
+from app.api.sse import (
+    EVENT_STREAM_CONTENT,
+    parse_last_event_id,
+    relay_events,
+    sse_response,
+    stored_final_event,
+)
 from app.core import jobs, names
 from app.core.db import session_scope
 from app.core.models import Job
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=error_responses(401, 422, 429, 503))
 POLL_S = 0.5  # how often a long-poll without Redis re-reads SQL
 SQL_RECHECK_S = 2.0  # how often a long-poll on events re-reads SQL anyway
 WAIT_CAP_S = 30.0
@@ -49,7 +57,11 @@ def read_job(session: Any, client: Any, job: Job) -> dict[str, Any]:
     )
 
 
-@router.get("")
+@router.get(
+    "",
+    response_model=None,
+    responses={200: {"model": JobList}, **error_responses(400, notes={400: "invalid cursor"})},
+)
 def list_jobs(
     session: SessionDep,
     owner: OwnerDep,
@@ -66,13 +78,21 @@ def list_jobs(
     return {"items": [jobs.job_to_json(j) for j in rows], "next_cursor": next_cursor}
 
 
-@router.get("/{job_id}")
+@router.get(
+    "/{job_id}",
+    response_model=None,
+    responses={200: {"model": JobOut}, **error_responses(404)},
+)
 async def get_job(
     job_id: str,
     owner: OwnerDep,
     hub: HubDep,
     client: RedisDep,
-    wait: float = Query(default=0, ge=0, description=f"long-poll for up to {WAIT_CAP_S} s"),
+    wait: float = Query(
+        default=0,
+        ge=0,
+        description=f"long-poll for a final state, up to {WAIT_CAP_S} s (longer is cut to that)",
+    ),
 ) -> dict[str, Any]:
     def load() -> dict[str, Any]:
         with session_scope() as session:
@@ -112,7 +132,11 @@ async def _wait_with_events(hub: Any, job_id: str, load: Any, deadline: float) -
     return body
 
 
-@router.post("/{job_id}/cancel", status_code=202)
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    responses={202: {"model": JobOut}, **error_responses(404, 409)},
+)
 def cancel_job(
     job_id: str, session: SessionDep, owner: OwnerDep, client: RedisDep, request: Request
 ) -> JSONResponse:
@@ -122,8 +146,13 @@ def cancel_job(
 
 @router.get(
     "/{job_id}/events",
-    response_model=None,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "the job's events"}},
+    response_class=Response,  # no JSON 200: the body is the stream
+    responses={
+        200: {"content": EVENT_STREAM_CONTENT, "description": "the job's events"},
+        **error_responses(
+            401, 404, notes={401: "no key, or an events token that is invalid or expired"}
+        ),
+    },
 )
 async def job_events(
     job_id: str,

@@ -10,42 +10,58 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from redis.exceptions import RedisError
 from sqlalchemy import select
 
-from app.api.deps import OwnerDep, SessionDep
-from app.api.submit import job_response, submit_job
+from app.api.deps import CallerDep, OwnerDep, SessionDep
+from app.api.errors import error_responses
+from app.api.schemas import JSON_INTEGER, CallbackUrl, StrictBody
+from app.api.submit import JOB_POST_RESPONSES, job_response, submit_job
 from app.core import names
-from app.core.config import get_settings
+from app.core.config import Settings, get_settings
 from app.core.errors import Conflict, InvalidInput
 from app.core.models import Job
 from app.core.tuning import generation_overview, open_optimize_job, retriever_overview
 
-router = APIRouter(prefix="/optimize", tags=["tuning"])
+router = APIRouter(
+    prefix="/optimize", tags=["tuning"], responses=error_responses(401, 422, 429, 503)
+)
 
 MAX_TRIALS = 500
 
 
-class OptimizeRetrieverRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    n_trials: int | None = Field(default=None, ge=1, le=MAX_TRIALS)
+class OptimizeRetrieverRequest(StrictBody):
+    n_trials: Annotated[int, Field(ge=1, le=MAX_TRIALS), JSON_INTEGER] | None = None
     timeout_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     recall_target: float | None = Field(default=None, ge=0.5, le=1.0, allow_inf_nan=False)
+    callback_url: CallbackUrl | None = None
+
+    @classmethod
+    def caps(cls, settings: Settings) -> dict[str, dict[str, Any]]:
+        return {"timeout_s": {"maximum": timeout_cap_s(settings)}}
 
 
-@router.post("/retriever", status_code=202)
+def timeout_cap_s(settings: Settings) -> int:
+    """A study's longest timeout: the task's soft time limit less a minute."""
+    return settings.tune_soft_time_limit_s - 60
+
+
+@router.post(
+    "/retriever",
+    status_code=202,
+    responses={**JOB_POST_RESPONSES, **error_responses(409)},
+)
 def optimize_retriever(
-    body: OptimizeRetrieverRequest, request: Request, session: SessionDep, owner: OwnerDep
+    body: OptimizeRetrieverRequest, request: Request, session: SessionDep, caller: CallerDep
 ) -> JSONResponse:
     """Tune the retriever's HNSW parameters now (an `optimize` job with `progress` events)."""
     settings = get_settings()
-    cap = settings.tune_soft_time_limit_s - 60
+    cap = timeout_cap_s(settings)
     if body.timeout_s is not None and body.timeout_s > cap:
         raise InvalidInput(
             f"timeout_s must be at most {cap} (the task's soft time limit less a minute)",
@@ -53,7 +69,7 @@ def optimize_retriever(
         )
     key = request.headers.get("idempotency-key")
     repeat = key is not None and session.scalar(
-        select(Job.id).where(Job.owner == owner, Job.idempotency_key == key)
+        select(Job.id).where(Job.owner == caller.owner, Job.idempotency_key == key)
     )
     running = None if repeat else open_optimize_job(session)  # a repeat gets its first job
     if running is not None:
@@ -70,8 +86,9 @@ def optimize_retriever(
         raise Conflict(f"a retriever study is already running ({holder})",
                        detail={"holder": holder})  # fmt: skip
     job, created = submit_job(
-        request, session, kind="optimize", owner=owner, body=body.model_dump(exclude_none=True)
-    )
+        request, session, kind="optimize", owner=caller.owner, workspace=caller.workspace,
+        body=body.model_dump(exclude_none=True),
+    )  # fmt: skip
     return job_response(session, job, created)
 
 

@@ -4,6 +4,7 @@ The snippets live in one JSON file per language next to this module (shipped as 
 data). Loading is idempotent and safe to run from several processes at once: existing
 (language, title) pairs are left alone, so user edits and ratings survive a reload.
 Embeddings are made later by the retrieval worker, which indexes rows that lack one.
+The snippets are global (no workspace): every workspace sees them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
+from app.core.knowledge import on_title_conflict_do_nothing
 from app.core.models import KnowledgeItem
 from app.core.names import LANGUAGES
 from app.core.upsert import insert_for
@@ -52,11 +54,11 @@ def load_starter_knowledge(session: Session, *, only_if_empty: bool = False) -> 
         return 0
     inserted = 0
     for snippet in starter_snippets():
+        insert = insert_for(session, KnowledgeItem).values(
+            source=SOURCE, workspace_id=None, **snippet
+        )
         new_id = session.scalar(
-            insert_for(session, KnowledgeItem)
-            .values(source=SOURCE, **snippet)
-            .on_conflict_do_nothing(index_elements=["language", "title"])
-            .returning(KnowledgeItem.id)
+            on_title_conflict_do_nothing(insert, None).returning(KnowledgeItem.id)
         )
         inserted += new_id is not None
     return inserted

@@ -13,6 +13,8 @@ def add_generation(sessions, task: str, code: str, language: str = "python", **k
         ).id
 
 
-def add_knowledge(sessions, language: str, title: str, content: str) -> str:
+def add_knowledge(sessions, language: str, title: str, content: str, **kw) -> str:
     with sessions.begin() as session:
-        return create_knowledge(session=session, language=language, title=title, content=content).id
+        return create_knowledge(
+            session=session, language=language, title=title, content=content, **kw
+        ).id

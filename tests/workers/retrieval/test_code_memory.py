@@ -16,6 +16,8 @@ def _setup(sessions):
     snippet = add_knowledge(
         sessions, "python", "Slugify a title", "import re\nre.sub(r'[^a-z0-9]+', '-', s.lower())"
     )
+    slug = "def slug(s):\n    return '-'.join(s.lower().split())"
+    add_knowledge(sessions, "python", "Slug helper (global)", slug, workspace=None)
     add_knowledge(sessions, "javascript", "Slugify in JS", "s.toLowerCase().split(' ').join('-')")
     liked = add_generation(sessions, "slugify a blog post title", LIKED)
     disliked = add_generation(sessions, "slugify a title for urls", "def slugify(t): return t")
@@ -32,8 +34,9 @@ def test_context_window_draws_from_all_three_sources(sessions, make_retriever):
     snippet, liked, disliked = _setup(sessions)
     memory = CodeMemory(make_retriever())
     window = memory.context_window(
-        "add a slugify helper to utils.py", "python", "blog", token_budget=1200, owner="anonymous"
-    )
+        "add a slugify helper to utils.py", "python", "blog", token_budget=1200,
+        workspace="default",
+    )  # fmt: skip
     refs = {
         name: [i.ref for i in window.section(name)]
         for name in ("project_file", "knowledge", "generation")
@@ -51,10 +54,11 @@ def test_context_window_draws_from_all_three_sources(sessions, make_retriever):
         assert session.get(CodeHistory, liked).usage_count == 1
         assert session.get(CodeHistory, disliked).usage_count == 0
 
-    stranger = memory.context_window(
-        "add a slugify helper to utils.py", "python", "blog", owner="bob", record_usage=False
-    )
-    assert stranger.items and not stranger.section("project_file")  # not bob's project
+    stranger = memory.context_window(  # another workspace: only the global snippet
+        "add a slugify helper to utils.py", "python", "blog", workspace="elsewhere",
+        record_usage=False,
+    )  # fmt: skip
+    assert [item.title for item in stranger.items] == ["Slug helper (global)"]
 
 
 def test_context_window_respects_a_small_budget(sessions, make_retriever):

@@ -214,3 +214,41 @@ def test_concurrent_searches_and_writes_converge(sessions, make_retriever):
     b.sync()
     assert a.labels() == b.labels()
     assert set(gens) <= {info.item_id for info in b.labels().values()}
+
+
+def test_labels_keep_their_workspace_through_save_and_load(sessions, make_retriever):
+    mine = add_generation(sessions, "parse a csv file", "import csv", workspace="ws-a")
+    theirs = add_generation(sessions, "parse a csv file quickly", "import csv", workspace="ws-b")
+    common = add_knowledge(sessions, "python", "CSV reader", "csv.reader(f)", workspace=None)
+    first = make_retriever("m")
+    assert first.open() == "built"
+    first.save()
+    again = make_retriever("m")
+    assert again.open() == "loaded"
+    workspaces = {info.item_id: info.workspace for info in again.labels().values()}
+    assert workspaces == {mine: "ws-a", theirs: "ws-b", common: None}
+    seen = {hit.item_id for hit in again.search("parse a csv file", k=10, workspace="ws-a")}
+    assert seen == {mine, common}
+
+
+def test_an_index_file_without_workspaces_is_rebuilt(sessions, make_retriever):
+    """Format 1 (before workspaces) has no workspace per label: rebuilt from SQL, never
+    trusted, so a pre-workspace replica cannot answer for a workspace."""
+    import json
+    import struct
+
+    from workers.retrieval import index_file
+
+    add_generation(sessions, "parse a csv file", "import csv", workspace="ws-a")
+    first = make_retriever("m")
+    first.open()
+    path = first.save()
+    header, graph = index_file.read_header(path)
+    old = header.to_json()
+    old["format"] = 1
+    old["labels"] = [label[:4] for label in old["labels"]]
+    body = json.dumps(old).encode()
+    body = struct.pack("<I", len(body)) + body + graph
+    digest = __import__("hashlib").sha256(body).digest()
+    path.write_bytes(index_file.MAGIC + digest + body)
+    assert make_retriever("m").open().startswith("rebuilt (unsupported index format 1")

@@ -30,10 +30,10 @@ def test_feedback_changes_ranking_immediately_without_re_embedding(sessions, mak
     with sessions() as session:
         embeddings_before = session.scalar(select(func.count()).select_from(Embedding))
 
-    for _ in range(2):
+    for rater in ("alice", "bob"):  # one rating per key: two keys, two ratings each
         with sessions.begin() as session:
-            record_feedback(session=session, generation_id=top, score=0.0)
-            record_feedback(session=session, generation_id=runner_up, score=1.0)
+            record_feedback(session=session, generation_id=top, score=0.0, owner=rater)
+            record_feedback(session=session, generation_id=runner_up, score=1.0, owner=rater)
 
     after = retriever.search("reverse a string in python", language="python", k=3)
     assert _ids(after)[:2] == [runner_up, top]

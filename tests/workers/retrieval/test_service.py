@@ -34,7 +34,9 @@ def test_search_job_result_shape_and_ranking(configured, sessions):
     gen = add_generation(sessions, "reverse a list of numbers", "def rev(xs):\n    return xs[::-1]")
     assert service.warm_up() == "built"
 
-    result = service.search({"query": "reverse a list", "language": "python", "k": 5})
+    result = service.search(
+        {"query": "reverse a list", "language": "python", "k": 5}, workspace="default"
+    )
     assert set(result) == {"items", "took_ms"} and result["took_ms"] >= 0
     items = result["items"]
     assert [item["language"] for item in items] == ["python", "python"]
@@ -52,15 +54,19 @@ def test_search_job_result_shape_and_ranking(configured, sessions):
 
     with sessions.begin() as session:
         record_feedback(session=session, generation_id=gen, score=1.0)
-    rated = service.search({"query": "reverse a list", "language": "python"})["items"]
+    rated = service.search({"query": "reverse a list", "language": "python"}, workspace="default")[
+        "items"
+    ]
     assert rated[0]["item_id"] == gen and rated[0]["feedback_score"] == 1.0
+    # another workspace's search job sees none of it
+    assert service.search({"query": "reverse a list"}, workspace="elsewhere")["items"] == []
 
 
 def test_index_generation_makes_a_new_generation_searchable(configured, sessions):
     service.warm_up()
     gen = add_generation(sessions, "compute a factorial recursively", "def fact(n): ...")
     assert service.index_generation(gen) is True
-    items = service.search({"query": "factorial", "k": 1})["items"]
+    items = service.search({"query": "factorial", "k": 1}, workspace="default")["items"]
     assert items[0]["item_id"] == gen
 
 
@@ -80,10 +86,11 @@ def test_index_generation_makes_a_new_generation_searchable(configured, sessions
 )
 def test_search_refuses_bad_requests(configured, request_):
     with pytest.raises(InvalidInput):
-        service.search(request_)
+        service.search(request_, workspace="default")
 
 
 def test_context_window_entry_point(configured, sessions):
     add_knowledge(sessions, "python", "Sum a list", "total = sum(values)")
-    window = service.context_window("sum a list of numbers", "python")
+    window = service.context_window("sum a list of numbers", "python", workspace="default")
     assert [item.title for item in window.items] == ["Sum a list"]
+    assert service.context_window("sum a list", "python", workspace="elsewhere").items == []

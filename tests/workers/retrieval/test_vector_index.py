@@ -68,3 +68,24 @@ def test_asking_for_more_than_there_is_returns_what_there_is():
     assert len(index.search(vectors[0], 50)) == 5
     assert index.search(vectors[0], 5, language="rust") == []
     assert VectorIndex(DIM, HnswParams()).search(vectors[0], 3) == []
+
+
+def test_a_workspace_search_sees_its_own_and_global_items_only():
+    """Graph walk and exact scan alike: another workspace's items never come back, even
+    when they are the nearest by far (they cannot crowd the workspace's own out)."""
+    for n in (300, 3 * EXACT_SCAN_MAX):  # exact scan, then hnswlib's filter callback
+        vectors = _data(n, seed=3)
+        # a third global, a third in ws-a, a third in ws-b
+        infos = [LabelInfo("generation", f"id{i}", "python", (None, "ws-a", "ws-b")[i % 3])
+                 for i in range(n)]  # fmt: skip
+        index = VectorIndex(DIM, HnswParams(M=16, ef_construction=100, ef=100), capacity=n)
+        index.add(list(range(n)), vectors, infos)
+        assert index.count(workspace="ws-a") == len([i for i in infos if i.workspace != "ws-b"])
+        for seq in range(2, 60, 3):  # query with ws-b's own vectors: their nearest is ws-b
+            got = index.search(vectors[seq], 10, workspace="ws-a")
+            assert len(got) == 10
+            assert all(infos[s].workspace in (None, "ws-a") for s, _ in got)
+            assert index.search(vectors[seq], 1, workspace="ws-b")[0][0] == seq
+        # no workspace: everything (for callers that serve no user)
+        everything = {infos[s].workspace for s, _ in index.search(vectors[2], 30)}
+        assert everything == {None, "ws-a", "ws-b"}

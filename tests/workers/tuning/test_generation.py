@@ -88,8 +88,8 @@ def test_trials_are_served_told_by_ratings_and_runs_and_become_the_default(gen_e
     tag = served[0].tag
     first, second = _generation(tag), _generation(tag)
     with db.session_scope() as session:
-        record_feedback(session=session, generation_id=first, score=1.0)
-        record_feedback(session=session, generation_id=first, score=0.5)
+        record_feedback(session=session, generation_id=first, score=1.0, owner="alice")
+        record_feedback(session=session, generation_id=first, score=0.5, owner="bob")
     assert tell_trials(_sessions(), settings)["told"] == 0  # 2 outcomes < 3
     with db.session_scope() as session:
         record_execution_status(session=session, generation_id=second, status="runtime_error")

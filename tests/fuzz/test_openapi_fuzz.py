@@ -1,0 +1,96 @@
+"""Schemathesis against /openapi.json, with every check it has (`--checks all`).
+
+A real API (auth on) in front of real Redis, SQL and Celery workers: every job the fuzzer
+gets accepted really runs, on the tiny model and the real sandbox, so event streams and
+long-polls end as they would for a client. What the run proves: no 5xx; every status an
+operation answers is declared; schema-valid requests are accepted and schema-violating
+ones refused; every response matches its schema, errors included (SPEC's shape); `Allow`
+lists what a path serves. No operation is left out: the streaming ones end with their
+job, and schemathesis reads at most `max-stream-events` events of a stream
+(tests/fuzz/schemathesis.toml).
+
+The caps below are lowered so the run is fast: the schema states the caps in force, so
+the fuzzer asks for what this server allows (16 tokens, a 2 s study), and the run stays
+within about a minute on two cores. The seed and the example count are fixed: CI runs
+the same cases every time (the stateful phase follows ids the server hands out).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Platform, platform_env, running_platform
+
+pytestmark = [pytest.mark.slow, pytest.mark.fuzz]
+
+HERE = Path(__file__).resolve().parent
+SEED = 20240611
+MAX_EXAMPLES = 10
+FUZZ_REDIS_DB = 12
+SMALL_CAPS = {
+    "CODELOOP_MAX_TASK_CHARS": "2000",
+    "CODELOOP_MAX_NEW_TOKENS": "8",
+    "CODELOOP_MAX_NEW_TOKENS_CAP": "16",
+    "CODELOOP_EXEC_TIMEOUT_S": "2",
+    "CODELOOP_EXEC_TIMEOUT_CAP_S": "5",
+    "CODELOOP_EXEC_MEMORY_CAP_MB": "512",
+    "CODELOOP_EXEC_MAX_CODE_BYTES": "4096",
+    "CODELOOP_EXEC_MAX_STDIN_BYTES": "4096",
+    "CODELOOP_MAX_PROJECT_FILE_BYTES": "4096",
+    "CODELOOP_TUNE_TIMEOUT_S": "2",
+    "CODELOOP_TUNE_SOFT_TIME_LIMIT_S": "62",  # a study's timeout_s is at most 2 s
+    "CODELOOP_TUNE_TIME_LIMIT_S": "90",
+}
+
+
+@pytest.fixture(scope="module")
+def fuzz_platform(
+    redis_server: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Platform, str]]:
+    root = tmp_path_factory.mktemp("fuzz")
+    key = "cl_fuzz_" + uuid.uuid4().hex
+    env = {**platform_env(redis_server, root, tiny_model_dir, FUZZ_REDIS_DB), **SMALL_CAPS,
+           "CODELOOP_AUTH": "on", "CODELOOP_API_KEYS": key}  # fmt: skip
+    workers = [("generate", 1, "fuzzgen@%h"), ("execute", 2, "fuzzexe@%h"),
+               ("search,maintenance", 1, "fuzzsea@%h")]  # fmt: skip
+    with running_platform(env, root, workers) as platform:
+        yield platform, key
+
+
+def _schemathesis(url: str, key: str) -> subprocess.CompletedProcess[str]:
+    command = [
+        str(Path(sys.executable).parent / "schemathesis"), "--no-color",
+        "--config-file", str(HERE / "schemathesis.toml"),
+        "run", f"{url}/openapi.json", "--checks", "all",
+        "--max-examples", str(MAX_EXAMPLES), "--seed", str(SEED),
+        "--header", f"Authorization: Bearer {key}",
+    ]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
+
+
+def _failures(output: str) -> str:
+    """The run's FAILURES and ERRORS sections (what to fix), else its tail."""
+    start = min((i for i in (output.find("= ERRORS ="), output.find("= FAILURES =")) if i >= 0),
+                default=max(0, len(output) - 6000))  # fmt: skip
+    return output[start:][-20000:]
+
+
+def test_openapi_holds_under_schemathesis(fuzz_platform: tuple[Platform, str]) -> None:
+    platform, key = fuzz_platform
+    run = _schemathesis(platform.url, key)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, f"schemathesis found failures:\n{_failures(output)}"
+    operations = re.search(r"Selected: (\d+)/(\d+)\s+Tested: (\d+)", output)
+    cases = re.search(r"(\d+) generated", output)
+    assert operations and cases, output[-3000:]
+    selected, total, tested = map(int, operations.groups())
+    assert selected == total == tested > 20, output[-3000:]  # every operation was fuzzed
+    assert int(cases.group(1)) > 20 * MAX_EXAMPLES, output[-3000:]
+    print(f"schemathesis: {tested} operations, {cases.group(1)} cases, no failures")
