@@ -73,7 +73,27 @@ class Phase:
     repeated_ids: int = 0
     out_of_order_ids: int = 0
     lost_statuses: Counter[str] = field(default_factory=Counter)
+    started: float = field(default_factory=time.perf_counter)
+    # (seconds into the phase, ms) of every short request (not the long-polls): the
+    # timeline shows when latency grew (the first burst, a Redis restart).
+    short_requests: list[tuple[float, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+    def record(self, name: str, started: float) -> None:
+        ms = (time.perf_counter() - started) * 1000
+        self.latencies_ms[name].append(ms)
+        if name != POLL:
+            self.short_requests.append((started - self.started, ms))
+
+    def timeline(self, slice_s: float) -> list[dict[str, float]]:
+        slices: defaultdict[int, list[float]] = defaultdict(list)
+        for at, ms in self.short_requests:
+            slices[int(at // slice_s)].append(ms)
+        return [
+            {"from_s": i * slice_s, "requests": len(v),
+             "p50_ms": round(percentile(v, 50), 1), "p99_ms": round(percentile(v, 99), 1)}
+            for i, v in sorted(slices.items())
+        ]  # fmt: skip
 
 
 async def call(
@@ -86,7 +106,7 @@ async def call(
     except httpx.HTTPError:
         phase.transport_errors[name] += 1
         return None
-    phase.latencies_ms[name].append((time.perf_counter() - started) * 1000)
+    phase.record(name, started)
     phase.statuses[name][response.status_code] += 1
     return response
 
@@ -112,7 +132,7 @@ async def follow(http: httpx.AsyncClient, phase: Phase, job_id: str, until: floa
         phase.streams += 1
         try:
             async with http.stream("GET", f"/jobs/{job_id}/events", headers=headers) as response:
-                phase.latencies_ms[EVENTS].append((time.perf_counter() - started) * 1000)
+                phase.record(EVENTS, started)
                 phase.statuses[EVENTS][response.status_code] += 1
                 if response.status_code != 200:
                     await asyncio.sleep(0.5)
@@ -258,6 +278,7 @@ def summary(phase: Phase, wall_s: float, sql: dict[str, int] | None) -> dict[str
         "sse_repeated_ids": phase.repeated_ids,
         "sse_out_of_order_ids": phase.out_of_order_ids,
         "notes": phase.notes,
+        "timeline_10s": phase.timeline(10.0),  # short requests (not long-polls) per 10 s
     }
     if lost:
         result["lost_statuses"] = dict(phase.lost_statuses)
@@ -352,6 +373,7 @@ def _sql_time(database_url: str, epoch_s: float) -> Any:
 
 def run(url: str, headers: dict[str, str], args: argparse.Namespace, stack: Embedded | None):
     api = psutil.Process(stack.api_pid) if stack else None
+    me = psutil.Process()
     phases: dict[str, Any] = {}
     for name in args.phases.split(","):
         if name == "redis-restart" and stack is None:
@@ -359,12 +381,18 @@ def run(url: str, headers: dict[str, str], args: argparse.Namespace, stack: Embe
             continue
         started_epoch = time.time() - 1
         cpu_before = sum(api.cpu_times()[:2]) if api else 0.0
+        own_before, machine_before = sum(me.cpu_times()[:2]), psutil.cpu_times()
         started = time.perf_counter()
         redis_server = stack.redis if name == "redis-restart" and stack else None
         phase = _run_loop(run_phase(url, headers, args, redis_server))
         wall = time.perf_counter() - started
         sql = sql_statuses(stack.database_url, started_epoch) if stack else None
         phases[name] = summary(phase, wall, sql)
+        # Where the CPU went: a small machine is shared by the clients and the stack.
+        machine = psutil.cpu_times()
+        busy = sum(machine) - machine.idle - (sum(machine_before) - machine_before.idle)
+        phases[name]["machine_cpu_busy_s"] = round(busy, 1)
+        phases[name]["clients_cpu_s"] = round(sum(me.cpu_times()[:2]) - own_before, 1)
         if api:
             phases[name]["api_cpu_s"] = round(sum(api.cpu_times()[:2]) - cpu_before, 1)
             phases[name]["api_rss_mb"] = round(api.memory_info().rss / 2**20, 1)
@@ -393,6 +421,13 @@ def print_phase(name: str, figures: dict[str, Any]) -> None:
           f"SSE streams {figures['sse_streams']}, reconnects {figures['sse_reconnects']}, "
           f"ids repeated {figures['sse_repeated_ids']}, out of order "
           f"{figures['sse_out_of_order_ids']}")  # fmt: skip
+    if "api_cpu_s" in figures:
+        print(f"   CPU s: machine {figures['machine_cpu_busy_s']} (of "
+              f"{figures['wall_s'] * (os.cpu_count() or 1):.0f}), clients "
+              f"{figures['clients_cpu_s']}, API {figures['api_cpu_s']}")  # fmt: skip
+    slices = ", ".join(f"{int(t['from_s'])}s {t['p50_ms']}/{t['p99_ms']}"
+                       for t in figures["timeline_10s"])  # fmt: skip
+    print(f"   short requests p50/p99 ms by 10 s: {slices}")
     for note in figures["notes"]:
         print(f"   {note}")
 

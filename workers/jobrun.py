@@ -97,7 +97,9 @@ def _writer(client: redis.Redis, job_id: str, lease: Lease) -> EventWriter:
     )  # fmt: skip
 
 
-def _claim(client: redis.Redis, job_id: str, lease: Lease) -> JobContext | None:
+def _claim(
+    client: redis.Redis, job_id: str, lease: Lease, cancelled: threading.Event
+) -> JobContext | None:
     settings = get_settings()
     writer = _writer(client, job_id, lease)
     with session_scope() as session:
@@ -148,6 +150,7 @@ def _claim(client: redis.Redis, job_id: str, lease: Lease) -> JobContext | None:
             attempt=attempt,
             queued_at=job.created_at,
             events=writer,
+            cancelled=cancelled,
             lost=lease.lost,
         )
     writer.emit("status", {"status": names.RUNNING, "attempt": attempt})
@@ -206,15 +209,18 @@ def run_job(job_id: str, handler: Callable[[JobContext], dict[str, Any]]) -> Non
     if lease is None:
         log.info("job %s: running elsewhere; duplicate delivery dropped", job_id)
         return
+    # Kept alive from the moment it is held: a claim that waits on a busy database
+    # longer than the lease's TTL must not come back to a lease that lapsed meanwhile.
+    cancelled = threading.Event()
+    lease.watch(cancelled)
     try:
         try:
-            ctx = _claim(client, job_id, lease)
+            ctx = _claim(client, job_id, lease, cancelled)
         except Fenced:
             log.warning("job %s: lease lost while claiming; left to the reconciler", job_id)
             return
         if ctx is None:
             return
-        lease.watch(ctx.cancelled)
         try:
             status, result = _run_claimed(ctx, handler)
         finally:

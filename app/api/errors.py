@@ -13,9 +13,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import BaseRoute, Match
 
 from app.core.errors import ApiError
 
@@ -80,13 +80,11 @@ def allowed_methods(request: Request) -> set[str]:
     Undocumented routes (the OpenAI surface's catch-all) do not count.
     """
     methods: set[str] = set()
-    route: BaseRoute
-    for route in request.app.routes:
-        if (
-            getattr(route, "include_in_schema", True)
-            and route.matches(request.scope)[0] != Match.NONE
-        ):
-            methods |= set(getattr(route, "methods", None) or ())
+    path = request.scope["path"]
+    for route in iter_route_contexts(request.app.routes):
+        regex = getattr(route, "path_regex", None)
+        if getattr(route, "include_in_schema", False) and regex and regex.match(path):
+            methods |= set(route.methods or ())
     return methods
 
 

@@ -29,6 +29,9 @@ from app.core.errors import PayloadTooLarge
 from app.core.project_files import PROJECT_ID_PATTERN
 from app.core.webhooks import CALLBACK_URL_MAX, CALLBACK_URL_PATTERN, check_callback_url
 
+# The largest integer every JSON client holds exactly (a double's 53 bits).
+MAX_SEED = 2**53 - 1
+
 Language = Literal[
     "python", "javascript", "typescript", "java", "react", "tailwind", "vite", "nestjs"
 ]
@@ -91,7 +94,7 @@ class GenerateRequest(StrictBody):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     repetition_penalty: float | None = Field(default=None, ge=1.0, le=2.0)
-    seed: Annotated[int, Field(ge=0, le=2**63 - 1), JSON_INTEGER] | None = None
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED), JSON_INTEGER] | None = None
     stop: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
         default=None, max_length=4, description="end the answer before any of these strings"
     )

@@ -9,6 +9,10 @@ from datetime import UTC, datetime
 from app.core.errors import InvalidInput
 from app.core.names import LANGUAGES
 
+# A JSON Schema `pattern` for "not blank": some character that `str.strip()` keeps. The
+# class is spelled out (not `\S`): regex engines disagree on what `\s` covers.
+NOT_BLANK_PATTERN = r"[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+
 
 def check_language(language: str) -> str:
     """The language if it is one of the seed's table; InvalidInput otherwise."""

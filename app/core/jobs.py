@@ -7,9 +7,9 @@ A job's row is always committed before its Celery message is sent (`dispatch`).
 
 from __future__ import annotations
 
-import base64
 import logging
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
@@ -141,18 +141,25 @@ def queue_position(session: Session, job: Job) -> int | None:
     return int(ahead or 0) + 1
 
 
+# A page cursor: the last job's creation time (µs since the epoch) and id. Every string
+# of this form is a valid cursor (17 digits stay within year 9999), so the schema of
+# `GET /jobs?cursor=` can say exactly what it accepts.
+CURSOR_PATTERN = r"^[0-9]{1,17}\.[0-9a-f-]{1,36}$"
+_CURSOR = re.compile(CURSOR_PATTERN)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def encode_cursor(job: Job) -> str:
-    raw = f"{_iso(job.created_at)}|{job.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    created = job.created_at if job.created_at.tzinfo else job.created_at.replace(tzinfo=UTC)
+    return f"{(created - _EPOCH) // _MICROSECOND}.{job.id}"
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, job_id = raw.split("|", 1)
-        return datetime.fromisoformat(created), job_id
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest("invalid cursor") from exc
+    if not _CURSOR.fullmatch(cursor):
+        raise BadRequest("invalid cursor", detail={"field": "cursor", "pattern": CURSOR_PATTERN})
+    micros, job_id = cursor.split(".", 1)
+    return _EPOCH + int(micros) * _MICROSECOND, job_id
 
 
 def list_jobs(

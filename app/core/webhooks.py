@@ -54,7 +54,7 @@ def check_callback_url(url: str) -> str:
     """The URL if the API may accept it; ValueError (a 422) saying why not."""
     if len(url) > CALLBACK_URL_MAX:
         raise ValueError(f"callback_url must be at most {CALLBACK_URL_MAX} characters")
-    if not _CALLBACK_URL.match(url):
+    if not _CALLBACK_URL.fullmatch(url):  # not match: `$` would let a final "\n" through
         raise ValueError(
             "callback_url must be an http:// or https:// URL with a host "
             "(no credentials, no whitespace)"

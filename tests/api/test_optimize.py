@@ -201,14 +201,15 @@ def test_the_generation_study_is_told_by_real_feedback_through_the_api(stack, in
     wait_until(open_trial, 60, what="an open python trial")
     choice = generation.sampling_for("python", {})
     assert choice.tag is not None and choice.sources["temperature"] == "tuned"
-    with sessions.begin() as session:  # what the agent stores
-        gen_id = store_generation(
+    with sessions.begin() as session:  # what the agent stores, three times
+        gen_ids = [store_generation(
             session=session, task="sum two numbers", language="python", text="", code="a+b",
             model="m", params={"temperature": choice.temperature, "top_p": choice.top_p,
                                "tuning": choice.tag},
-        ).id  # fmt: skip
+        ).id for _ in range(3)]  # fmt: skip
     with stack.client() as http:
-        for score in (1.0, 0.0, 0.5):
+        # one rating per key and generation: the (anonymous) caller rates each once
+        for gen_id, score in zip(gen_ids, (1.0, 0.0, 0.5), strict=True):
             rated = http.post("/feedback", json={"generation_id": gen_id, "score": score})
             assert rated.status_code == 201, rated.text
         producer.send_task(names.TASK_TELL_GENERATION)

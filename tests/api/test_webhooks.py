@@ -275,7 +275,7 @@ def test_loopback_in_any_form_is_refused_without_the_allowance(
     "url",
     ["ftp://example.com/hook", "http://user:pw@example.com/hook", "example.com/hook",
      "http://", "http:///nohost", "http://exa mple.com/", "https://example.com:99999/",
-     "http://example.com/" + "a" * 2048, "javascript:alert(1)"],
+     "http://example.com/" + "a" * 2048, "javascript:alert(1)", "http://example.com/\n"],
 )  # fmt: skip
 def test_a_bad_callback_url_is_refused_at_submit(guarded: Platform, url: str):
     with guarded.client() as http:

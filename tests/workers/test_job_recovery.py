@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
+import threading
 import time
 from contextlib import ExitStack
 
@@ -12,7 +14,11 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
+from app.core.db import session_scope
+from app.core.jobs import create_job, dispatch, transition
+from app.core.models import Job
 from tests.conftest import free_port, wait_until
+from tests.faults import FlakyProxy
 from tests.support import ApiServer, Beat, Worker, read_events
 
 
@@ -160,3 +166,97 @@ def test_a_run_whose_lease_is_gone_stops_writes_nothing_and_runs_again(
     rerun = [e.data for e in events[statuses[2][0] :] if e.event == "token"]
     assert "".join(t["text"] for t in rerun) == job["result"]["text"]
     assert [e.id for e in events] == list(range(1, len(events) + 1))
+
+
+def test_a_worker_partitioned_from_redis_loses_its_run_and_the_job_runs_again_not_fails(
+    stack, service_env, redis_url
+):
+    """The bug: a partition (Redis commands hang, then time out) made the run's event
+    pump give up with `redis.TimeoutError`, which the runner took for the job failing:
+    it wrote `failed` into a job whose only fault was the network, before anyone could
+    send it again, and its followers never got a final event (found by tests/chaos)."""
+    proxy = FlakyProxy(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+    try:
+        api = stack("api")
+        stack("worker", queues="generate", name="cut@%h", env={"CODELOOP_REDIS_URL": proxy.url})
+        with httpx.Client(base_url=api.url, timeout=60) as http:
+            job_id = http.post(
+                "/generate_code", json={"task": "x", "max_new_tokens": 2500, "temperature": 0}
+            ).json()["id"]
+            head = read_events(http, f"/jobs/{job_id}/events", stop_after=4)
+            assert head[-1].event == "token"
+            proxy.partition()  # no beat runs: nobody else can move the job meanwhile
+            time.sleep(8)  # past its lease (3 s) and a command's timeout (5 s)
+            assert job_row(service_env, job_id)["status"] == "running"
+            proxy.heal()
+            job = http.get(f"/jobs/{job_id}", params={"wait": 30}).json()
+            events = read_events(http, f"/jobs/{job_id}/events")
+    finally:
+        proxy.close()
+    assert job["status"] == "succeeded" and job["attempts"] == 2, job
+    statuses = [(e.data["status"], e.data["attempt"]) for e in events if e.event == "status"]
+    assert statuses == [("running", 1), ("retrying", 1), ("running", 2)]
+    assert [e.id for e in events] == list(range(1, len(events) + 1))
+
+
+def test_a_lost_run_handed_back_as_redis_fails_is_still_sent_again(
+    service_env, redis_url, redis_client
+):
+    """The bug: the hand-back moved the job to `retrying`, then Redis failed before the
+    job was sent again; the marker of the message it had run from made it look sent,
+    so the reconciler never sent it again and it waited forever."""
+    from app.core.celery_config import make_producer
+    from app.core.config import get_settings
+    from workers.reconcile import reconcile_once, requeue_lost_run
+
+    settings = get_settings()
+    celery = make_producer(settings)
+    with session_scope() as session:
+        job, _ = create_job(session, kind="generate", owner="o", request={"task": "x"})
+        dispatch(session, celery, redis_client, job, settings.result_ttl_s)
+        assert transition(session, job.id, from_statuses=("queued",), status="running",
+                          attempt=0, attempts=1)  # fmt: skip
+    redis_client.delete("generate")  # a worker took the message, then lost its lease
+    proxy = FlakyProxy(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+    flaky = redis.Redis.from_url(proxy.url)
+    try:
+        proxy.lose_reply_to(b"EVALSHA")  # announcing `retrying` fails: Redis went away
+        with session_scope() as session, pytest.raises(redis.ConnectionError):
+            requeue_lost_run(session, flaky, celery, settings, session.get(Job, job.id))
+    finally:
+        flaky.close()
+        proxy.close()
+    assert job_row(service_env, job.id)["status"] == "retrying"
+
+    def resent() -> int:
+        with session_scope() as session:
+            return reconcile_once(session, redis_client, celery, settings)["resent"]
+
+    wait_until(resent, 15, interval=0.5, what="the reconciler to send the job again")
+    assert redis_client.llen("generate") == 1
+
+
+def test_a_claim_that_waits_on_sql_longer_than_the_lease_keeps_its_lease(service_env):
+    """The bug: the lease was refreshed only once the claim had committed, so a claim
+    that waited on a busy database past the lease's TTL came back to a lapsed lease
+    and its run was thrown away as lost (a false lease loss under load)."""
+    from app.core.config import get_settings
+    from workers import runtime
+    from workers.jobrun import run_job
+
+    runtime.reset_redis()
+    with session_scope() as session:
+        job, _ = create_job(session, kind="search", owner="o", request={"query": "x"})
+    path = service_env["CODELOOP_DATABASE_URL"].removeprefix("sqlite:///")
+    lock = sqlite3.connect(path, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")  # another writer holds the database
+    runner = threading.Thread(target=run_job, args=(job.id, lambda ctx: {"items": []}))
+    try:
+        runner.start()
+        time.sleep(get_settings().lease_ttl_s + 1.5)  # the claim's UPDATE waits all along
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    runner.join(30)
+    row = job_row(service_env, job.id)
+    assert (row["status"], row["attempts"]) == ("succeeded", 1), row

@@ -6,19 +6,10 @@ one generation thread, a paged KV cache (blocks of `page_size` tokens, allocated
 sequence grows, freed when it ends) and a scheduler that mixes prefill chunks (up to
 `max_batch_tokens` per forward) with the decoding rows at every step. We add:
 
-- **Per-request sampling** (`RowSampling`). The manager's own per-request knobs are
-  temperature, top_k and top_p; greedy vs sampling is one flag for the whole manager,
-  it has no per-request seed, and its repetition penalty is refused for continuous
-  batching (it would only see each row's last token). So the manager samples with
-  no warpers of its own and `RowSampling`, a continuous-batching logits processor,
-  applies each request's rule first: `suppress_tokens`, the repetition penalty over
-  the request's own completion (or prompt too, `penalize_prompt`), then a greedy row
-  becomes one-hot at its argmax, a seeded row is drawn here with its own
-  `torch.Generator` and becomes one-hot at the draw, and any other row gets its
-  temperature and nucleus (`keep_top_p`, the step batcher's rule) before the manager
-  draws from it. Every parameter of `SamplingParams` is honoured; none is dropped.
-  Its state lives in per-request "slots" (rows of small device tensors); the row ->
-  slot map of a step rides the manager's own per-request tensor argument.
+- **Per-request sampling**: `workers.llm.row_sampling.RowSampling`, installed as the
+  manager's one logits processor, applies each request's `SamplingParams` (greedy or
+  not, temperature, top_p, seed, repetition penalty, suppressed tokens) inside the
+  step; the manager itself runs greedy. Every parameter is honoured; none is dropped.
 - **Streaming and cancel per request.** One dispatcher thread reads the manager's
   output queue and puts each request's new token ids on its `tokens` queue (then one
   `RowEnd`), exactly as the step batcher does; `BatchRequest.cancel` calls
@@ -35,10 +26,12 @@ prefix sharing: complete blocks stay cached after a sequence ends, so a tool cal
 continuation, whose prompt starts with the earlier prompt and completion, reuses their
 blocks instead of prefilling them again.
 
-Two of the manager's speed-ups are off here on purpose: CUDA graphs (they freeze the
-host-side per-row decisions above into one recorded graph) and async batching (it
-schedules step n+1 before step n's token is known, so a penalty would lag one
-token). `bench/batching_gpu.py` measures what is left.
+Two of the manager's speed-ups are off here on purpose: CUDA graphs (they would freeze
+RowSampling's host-side per-row decisions into one recorded graph) and async batching
+(it schedules step n+1 before step n's token is known, so a penalty would lag one
+token). Flash attention, when installed, is still switched on by the manager (its
+block-table decode path reads the cache in place). `bench/batching_gpu.py` measures
+what is left.
 
 This reaches into transformers 5.24's continuous-batching internals (the logits
 processor list of the manager, its batch processor's cache and scheduler); `require`
@@ -57,18 +50,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers.generation.continuous_batching.cb_logits_processors import (
-    ContinuousBatchingLogitsProcessor,
-)
 
-from workers.llm.batching import BatchRequest, RowEnd, keep_top_p
+from workers.llm.batching import BatchRequest, RowEnd
 from workers.llm.errors import PromptTooLongError
 from workers.llm.loading import LoadedModel
+from workers.llm.row_sampling import RowSampling
 
 log = logging.getLogger(__name__)
-
-NEUTRAL_SLOT = 0  # never assigned: padding rows and unknown requests read neutral values
-WARMUP_PREFIX = "__warmup"  # the manager's own warm-up requests
 
 
 def require() -> None:
@@ -103,190 +91,6 @@ class PagedOptions:
 
 
 @dataclass
-class _Slot:
-    index: int
-    penalty: float
-    sampled: bool  # temperature > 0
-    generator: torch.Generator | None
-    recorded: int = 0  # completion tokens already written into its penalty row
-
-
-class RowSampling(ContinuousBatchingLogitsProcessor):
-    """Each row's own sampling rule, inside the manager's step (see module docstring).
-
-    Runs in the manager's generation thread only: `prepare_tensor_args` (host side,
-    just before the forward) assigns slots and records new completion tokens;
-    `__call__` (just after it) rewrites the logits. `release` is the one method other
-    threads call.
-    """
-
-    supported_kwargs: dict[str, type] = {
-        "temperature": float,
-        "top_p": float,
-        "repetition_penalty": float,
-        "penalize_prompt": bool,
-        "seed": int,
-    }
-    ignored_kwargs: tuple[str, ...] = ()
-
-    def __init__(self, *, slots: int, vocab_size: int, device: torch.device, suppress: list[int]):
-        self._device = device
-        self._vocab = vocab_size
-        self._suppress = torch.tensor(suppress, dtype=torch.long, device=device)
-        size = slots + 1  # slot 0 is NEUTRAL_SLOT
-        self._factors = torch.ones(size, vocab_size, device=device)  # penalty per seen token
-        self._temperature = torch.ones(size, device=device)
-        self._top_p = torch.ones(size, device=device)
-        self._free = list(range(size - 1, NEUTRAL_SLOT, -1))  # pop() takes the lowest
-        self._slots: dict[str, _Slot] = {}
-        self._ended: set[str] = set()
-        self._ended_lock = threading.Lock()
-        self._rows: list[_Slot | None] = []  # this step's rows, in logits order
-
-    def _grow(self) -> None:
-        """Double the slots (more requests alive than expected: never refuse one)."""
-        old = self._factors.shape[0]
-        self._factors = torch.cat([self._factors, torch.ones_like(self._factors)])
-        self._temperature = torch.cat([self._temperature, torch.ones_like(self._temperature)])
-        self._top_p = torch.cat([self._top_p, torch.ones_like(self._top_p)])
-        self._free += range(2 * old - 1, old - 1, -1)
-
-    # ---- any thread -------------------------------------------------------------------
-
-    def release(self, request_id: str) -> None:
-        """The request ended (finished, failed or cancelled): free its slot once it is out
-        of the batch (a cancel takes effect at the manager's next step)."""
-        with self._ended_lock:
-            self._ended.add(request_id)
-
-    # ---- the generation thread --------------------------------------------------------
-
-    def reset(self) -> None:
-        """Forget every request (the manager was restarted)."""
-        for request_id in list(self._slots):
-            self._free_slot(request_id)
-        with self._ended_lock:
-            self._ended.clear()
-
-    def fill_defaults(self, int32_tensor: torch.Tensor) -> None:
-        int32_tensor.fill_(NEUTRAL_SLOT)
-
-    def prepare_tensor_args(self, requests_with_new_token: list[Any]) -> torch.Tensor:
-        states = [future.state for future in requests_with_new_token]
-        in_batch = {state.request_id for state in states}
-        with self._ended_lock:
-            done = {rid for rid in self._ended if rid not in in_batch}
-            self._ended -= done
-        for request_id in done:
-            self._free_slot(request_id)
-        rows: list[_Slot | None] = []
-        for state in states:
-            if state.request_id.startswith(WARMUP_PREFIX):
-                rows.append(None)
-                continue
-            slot = self._slots.get(state.request_id) or self._assign(state)
-            self._record(slot, state)
-            rows.append(slot)
-        self._rows = rows
-        indices = [NEUTRAL_SLOT if slot is None else slot.index for slot in rows]
-        return torch.tensor(indices, dtype=torch.int32)
-
-    def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
-        """The manager takes each row's argmax next: a greedy row is left at its (suppressed,
-        penalised) logits; a sampled row gets +inf at the token drawn here."""
-        rows = self._rows[: scores.shape[0]]
-        if not rows:
-            return scores
-        device = scores.device
-        if self._suppress.numel():
-            scores = scores.index_fill(1, self._suppress, float("-inf"))
-        penalised = [i for i, slot in enumerate(rows) if slot is not None and slot.penalty != 1.0]
-        if penalised:
-            at = torch.tensor(penalised, device=device)
-            factors = self._factors.index_select(0, self._slot_indices(rows, penalised))
-            picked = scores.index_select(0, at)
-            picked = torch.where(picked < 0, picked * factors, picked / factors)
-            scores = scores.index_copy(0, at, picked)
-        sampled = [i for i, slot in enumerate(rows) if slot is not None and slot.sampled]
-        if not sampled:
-            return scores
-        slots = self._slot_indices(rows, sampled)
-        at = torch.tensor(sampled, device=device)
-        temperature = self._temperature.index_select(0, slots).unsqueeze(1)
-        probs = torch.softmax(scores.index_select(0, at) / temperature, dim=-1)
-        if any(cast_slot(rows[i]).top_p < 1.0 for i in sampled):
-            probs = keep_top_p(probs, self._top_p.index_select(0, slots).unsqueeze(1))
-        tokens = [0] * len(sampled)
-        unseeded = [j for j, i in enumerate(sampled) if cast_slot(rows[i]).generator is None]
-        if unseeded:  # one draw for them all, from the global generator
-            drawn = torch.multinomial(probs[unseeded], 1).view(-1).tolist()
-            for j, token in zip(unseeded, drawn, strict=True):
-                tokens[j] = int(token)
-        for j, i in enumerate(sampled):
-            generator = cast_slot(rows[i]).generator
-            if generator is not None:
-                tokens[j] = int(torch.multinomial(probs[j], 1, generator=generator))
-        chosen = torch.tensor(tokens, device=device)
-        return scores.index_put((at, chosen), torch.tensor(float("inf"), device=device))
-
-    @staticmethod
-    def _slot_indices(rows: list[_Slot | None], which: list[int]) -> torch.Tensor:
-        device = None
-        indices = [cast_slot(rows[i]).index for i in which]
-        return torch.tensor(indices, dtype=torch.long, device=device)
-
-    def _assign(self, state: Any) -> _Slot:
-        kwargs = state.logit_processor_kwargs
-        if not self._free:
-            self._grow()
-        index = self._free.pop()
-        temperature = float(kwargs.get("temperature", 0.0))
-        penalty = float(kwargs.get("repetition_penalty", 1.0))
-        seed = kwargs.get("seed")
-        generator = None
-        if temperature > 0 and seed is not None:
-            generator = torch.Generator(device=self._device).manual_seed(int(seed))
-        self._temperature[index] = temperature if temperature > 0 else 1.0
-        self._top_p[index] = float(kwargs.get("top_p", 1.0))
-        self._factors[index] = 1.0
-        slot = _Slot(index, penalty, temperature > 0, generator)
-        if penalty != 1.0 and kwargs.get("penalize_prompt"):
-            prompt = _prompt(state)
-            if prompt:
-                self._factors[index, torch.tensor(prompt, device=self._device)] = penalty
-        self._slots[state.request_id] = slot
-        return slot
-
-    def _record(self, slot: _Slot, state: Any) -> None:
-        """Write the completion tokens sampled since the last step into the penalty row."""
-        if slot.penalty == 1.0:
-            return
-        completion = _completion(state)
-        new = completion[slot.recorded :]
-        if new:
-            self._factors[slot.index, torch.tensor(new, device=self._device)] = slot.penalty
-            slot.recorded = len(completion)
-
-    def _free_slot(self, request_id: str) -> None:
-        slot = self._slots.pop(request_id, None)
-        if slot is not None:
-            self._free.append(slot.index)
-
-
-def _prompt(state: Any) -> list[int]:
-    """The request's own prompt (a preempted request carries its completion in its prompt)."""
-    true = state._true_initial_tokens
-    return list(state.initial_tokens[:true] if true else state.initial_tokens)
-
-
-def _completion(state: Any) -> list[int]:
-    true = state._true_initial_tokens
-    if not true:
-        return list(state.generated_tokens)
-    return list(state.initial_tokens[true:]) + list(state.generated_tokens)
-
-
-@dataclass
 class _Live:
     request: BatchRequest
     sent: int = 0
@@ -308,13 +112,10 @@ class PagedBatcher:
         self._eos = set(loaded.eos_token_ids)
         model = loaded.model
         context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
-        # do_sample with temperature 1, top_k 0, top_p 1: the manager draws from
-        # softmax(scores) and adds no warper of its own; RowSampling decides the rest.
+        # Greedy for the manager: it adds no warper of its own and takes each row's argmax
+        # of what RowSampling returns (where a sampled row's draw is already made).
         generation = GenerationConfig(
-            do_sample=True,
-            temperature=1.0,
-            top_k=0,
-            top_p=1.0,
+            do_sample=False,
             max_new_tokens=512,
             eos_token_id=loaded.eos_token_ids or -1,
             pad_token_id=loaded.tokenizer.pad_token_id,

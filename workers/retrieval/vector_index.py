@@ -26,6 +26,9 @@ import numpy as np
 SPACE = "cosine"
 # Filtered subsets up to this many vectors are scanned exactly (at most ~3 MB each).
 EXACT_SCAN_MAX = 2048
+# Filters (language, item types, workspace) whose subsets are kept copied out: bounded,
+# since with many workspaces the filters are many; the oldest copy is dropped first.
+SUBSET_CACHE_MAX = 32
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,8 @@ class VectorIndex:
 
     def _exact(self, query: np.ndarray, k: int, key: _Filter) -> list[tuple[int, float]]:
         if key not in self._subsets:
+            while len(self._subsets) >= SUBSET_CACHE_MAX:
+                del self._subsets[next(iter(self._subsets))]
             seqs = [seq for seq, info in self.labels.items() if _matches(info, *key)]
             vectors = np.asarray(self._index.get_items(seqs, return_type="numpy"), np.float32)
             self._subsets[key] = (seqs, vectors.reshape(len(seqs), self.dim))

@@ -5,18 +5,35 @@ vendor fields freely). Fields we know but cannot honour are refused with a 400 t
 names them (`InvalidRequest`), never silently dropped: `n > 1`, `logprobs`,
 `response_format` other than text, `tool_choice` that forces a call, non-text content.
 `language` is our extension (`extra_body={"language": "typescript"}`).
+
+Values are read as their JSON Schema says (no `"3"` for 3). The schema also states what
+is refused (n at most 1, text parts only, a user message with some text): those
+refusals are 400s like any invalid value, so a schema-valid request is one we serve.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
-from app.api.schemas import CallbackUrl, Language
+from app.api.schemas import JSON_INTEGER, MAX_SEED, CallbackUrl, Language
+from app.core.fields import NOT_BLANK_PATTERN
 
 STOP_MAX, STOP_CHARS = 4, 64
+_Stop = Annotated[str, Field(min_length=1, max_length=STOP_CHARS)]
+_STOPS = {
+    "anyOf": [
+        {"type": "string", "minLength": 1, "maxLength": STOP_CHARS},
+        {
+            "type": "array",
+            "maxItems": STOP_MAX,
+            "items": {"type": "string", "minLength": 1, "maxLength": STOP_CHARS},
+        },
+        {"type": "null"},
+    ]
+}
 
 
 class InvalidRequest(Exception):
@@ -34,12 +51,24 @@ def _unsupported(param: str, message: str) -> InvalidRequest:
 
 
 class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class ContentPart(_Lenient):
-    type: str
+    type: str = Field(json_schema_extra={"const": "text"})  # others: 400 (`text()`)
     text: str | None = None
+
+
+_TEXT = {"type": "string", "pattern": NOT_BLANK_PATTERN}
+_TEXT_PART = {"type": "object", "required": ["text"], "properties": {"text": _TEXT}}
+# What `job_request` requires of a user message: some text.
+_USER_HAS_TEXT = {
+    "if": {"required": ["role"], "properties": {"role": {"const": "user"}}},
+    "then": {
+        "required": ["content"],
+        "properties": {"content": {"anyOf": [_TEXT, {"type": "array", "contains": _TEXT_PART}]}},
+    },
+}
 
 
 class FunctionCall(_Lenient):
@@ -54,6 +83,8 @@ class ToolCall(_Lenient):
 
 
 class ChatMessage(_Lenient):
+    model_config = ConfigDict(json_schema_extra=_USER_HAS_TEXT)
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     tool_calls: list[ToolCall] | None = None
@@ -85,21 +116,37 @@ class StreamOptions(_Lenient):
 
 
 class ChatCompletionRequest(_Lenient):
-    model: str = Field(min_length=1)
-    messages: list[ChatMessage] = Field(min_length=1)
+    model: str = Field(min_length=1, examples=["codeloop"])
+    messages: list[ChatMessage] = Field(
+        min_length=1,
+        json_schema_extra={
+            "contains": {"required": ["role"], "properties": {"role": {"const": "user"}}}
+        },
+    )
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    max_tokens: StrictInt | None = Field(default=None, ge=1)
-    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
-    stop: str | list[str] | None = None
-    seed: StrictInt | None = Field(default=None, ge=0, le=2**63 - 1)
-    n: StrictInt | None = Field(default=None, ge=1)
+    max_tokens: Annotated[int, Field(ge=1), JSON_INTEGER] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1), JSON_INTEGER] | None = None
+    stop: _Stop | list[_Stop] | None = Field(default=None, json_schema_extra=_STOPS)
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED), JSON_INTEGER] | None = None
+    # What `refuse_unsupported` lets through, said in the schema (`json_schema_extra`).
+    n: Annotated[int, Field(ge=1, json_schema_extra={"maximum": 1}), JSON_INTEGER] | None = None
     tools: list[Tool] | None = None
-    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
-    logprobs: StrictBool | None = None
-    response_format: dict[str, Any] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = Field(
+        default=None, json_schema_extra={"anyOf": [{"enum": ["none", "auto"]}, {"type": "null"}]}
+    )
+    logprobs: Annotated[bool, Field(json_schema_extra={"const": False})] | None = None
+    response_format: dict[str, Any] | None = Field(
+        default=None,
+        json_schema_extra={
+            "anyOf": [
+                {"type": "object", "properties": {"type": {"enum": ["text", None]}}},
+                {"type": "null"},
+            ]
+        },
+    )
     language: Language = "python"
     callback_url: CallbackUrl | None = None  # ours too: the job's webhook
 

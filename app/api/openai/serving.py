@@ -60,8 +60,8 @@ def job_request(body: ChatCompletionRequest) -> dict[str, Any]:
     body.refuse_unsupported()
     messages = [_job_message(m) for m in body.messages]
     users = [m["content"] for m in messages if m["role"] == "user"]
-    if not users or not users[-1].strip():
-        raise InvalidRequest("messages", "the conversation needs a non-empty user message")
+    if not users or not all(text.strip() for text in users):  # as the schema says
+        raise InvalidRequest("messages", "the conversation needs user messages with text")
     task = users[-1]
     if len(task) > settings.max_task_chars:
         raise InvalidRequest(

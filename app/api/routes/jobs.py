@@ -23,7 +23,7 @@ from app.api.deps import (
     SessionDep,
 )
 from app.api.errors import error_responses
-from app.api.schemas import JobList, JobOut
+from app.api.schemas import JobKind, JobList, JobOut, JobStatus
 from app.api.sse import (
     EVENT_STREAM_CONTENT,
     parse_last_event_id,
@@ -60,17 +60,17 @@ def read_job(session: Any, client: Any, job: Job) -> dict[str, Any]:
 @router.get(
     "",
     response_model=None,
-    responses={200: {"model": JobList}, **error_responses(400, notes={400: "invalid cursor"})},
+    responses={200: {"model": JobList}},
 )
 def list_jobs(
     session: SessionDep,
     owner: OwnerDep,
-    kind: str | None = Query(default=None, pattern="^(generate|execute|lint|search|optimize)$"),
-    status: str | None = Query(
-        default=None, pattern="^(queued|running|retrying|succeeded|failed|cancelled)$"
-    ),
+    kind: JobKind | None = None,
+    status: JobStatus | None = None,
     limit: int = Query(default=20, ge=1, le=100),
-    cursor: str | None = Query(default=None, max_length=200),
+    cursor: str | None = Query(
+        default=None, pattern=jobs.CURSOR_PATTERN, description="`next_cursor` of the page before"
+    ),
 ) -> dict[str, Any]:
     rows, next_cursor = jobs.list_jobs(
         session, owner=owner, kind=kind, status=status, limit=limit, cursor=cursor

@@ -10,6 +10,7 @@ from pydantic import Field
 from app.api.deps import CallerDep, SessionDep
 from app.api.errors import error_responses
 from app.api.schemas import Language, StrictBody
+from app.core.fields import NOT_BLANK_PATTERN
 from app.core.knowledge import (
     MAX_CONTENT_BYTES,
     MAX_LIST_LIMIT,
@@ -25,7 +26,7 @@ router = APIRouter(
     prefix="/knowledge", tags=["memory"], responses=error_responses(401, 422, 429, 503)
 )
 # A tag has something besides whitespace (it is stored stripped).
-Tag = Annotated[str, Field(min_length=1, max_length=MAX_TAG_CHARS, pattern=r"\S")]
+Tag = Annotated[str, Field(min_length=1, max_length=MAX_TAG_CHARS, pattern=NOT_BLANK_PATTERN)]
 
 
 class KnowledgeCreate(StrictBody):

@@ -37,7 +37,12 @@ router = APIRouter(
 # Both are checked by app/core/project_files (its messages); the schema says the same.
 ProjectId = Annotated[str, Path(json_schema_extra={"pattern": PROJECT_ID_PATTERN})]
 FilePath = Annotated[
-    str, Path(max_length=MAX_PATH_CHARS, json_schema_extra={"pattern": PROJECT_PATH_PATTERN})
+    str,
+    Path(
+        max_length=MAX_PATH_CHARS,
+        examples=["src/app.py"],  # slashes and all (the path is not one URL segment)
+        json_schema_extra={"pattern": PROJECT_PATH_PATTERN},
+    ),
 ]
 _FILE_BODY = {
     "requestBody": {

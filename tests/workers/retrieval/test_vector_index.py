@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from workers.retrieval.vector_index import EXACT_SCAN_MAX, HnswParams, LabelInfo, VectorIndex
+from workers.retrieval.vector_index import (
+    EXACT_SCAN_MAX,
+    SUBSET_CACHE_MAX,
+    HnswParams,
+    LabelInfo,
+    VectorIndex,
+)
 
 DIM = 32
 
@@ -89,3 +95,15 @@ def test_a_workspace_search_sees_its_own_and_global_items_only():
         # no workspace: everything (for callers that serve no user)
         everything = {infos[s].workspace for s, _ in index.search(vectors[2], 30)}
         assert everything == {None, "ws-a", "ws-b"}
+
+
+def test_many_workspaces_keep_a_bounded_number_of_exact_scan_copies():
+    n = 400
+    vectors = _data(n, seed=4)
+    infos = [LabelInfo("generation", f"id{i}", "python", f"ws-{i % 100}") for i in range(n)]
+    index = VectorIndex(DIM, HnswParams(), capacity=n)
+    index.add(list(range(n)), vectors, infos)
+    for i in range(100):
+        got = index.search(vectors[i], 3, workspace=f"ws-{i}")
+        assert got[0][0] == i and {infos[s].workspace for s, _ in got} == {f"ws-{i}"}
+        assert len(index._subsets) <= SUBSET_CACHE_MAX
