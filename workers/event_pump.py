@@ -99,6 +99,7 @@ class EventPump:
         events = [(type_, data) for type_, data, _p in batch]
         deadline = time.monotonic() + RETRY_FOR_S
         batch_id = uuid.uuid4().hex  # the same id on every retry: appended once at most
+        tries = 0
         while True:
             try:
                 self._writer.emit_many(events, progress_tokens=progress, batch_id=batch_id)
@@ -106,5 +107,7 @@ class EventPump:
             except (redis.ConnectionError, redis.TimeoutError) as exc:  # retry it, in order
                 if time.monotonic() > deadline:
                     raise
-                log.warning("event write failed (%s); retrying", exc)
+                if tries == 0:  # once per batch, not every 0.2 s through an outage
+                    log.warning("event write failed (%s); retrying for %.0f s", exc, RETRY_FOR_S)
+                tries += 1
                 time.sleep(0.2)

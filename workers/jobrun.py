@@ -4,7 +4,9 @@ A job may be delivered more than once (a lost worker's message is re-queued, the
 reconciler re-sends, the broker redelivers). Exactly one delivery runs it: the one that
 holds the job's Redis *lease* (`workers/lease.py`). Every write of a run is fenced: SQL
 by its attempt, events by its lease token; a run whose lease is lost stops and writes
-nothing (the reconciler re-sends the job).
+nothing (the reconciler re-sends the job). A run that cannot reach Redis (its events
+undeliverable through the pump's retries) cannot hold its lease either: it is lost the
+same way, never `failed` for what was only the network.
 
 Final states are written to SQL first, then announced as events, so a client that
 sees `done` can always read the finished job.

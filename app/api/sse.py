@@ -4,8 +4,9 @@ Order of operations is what makes it exact: subscribe live first (confirmed by R
 then replay the stream after the client's last id, then forward live events, dropping
 any id already sent. A gap in live ids (a lost pub/sub message) or a `RESYNC` from the
 hub sends us back to the stream. The stream closes after a terminal event. A log that
-Redis lost (see `follow_batches`) ends with the job's final state from SQL; an outage
-longer than the relay rides out ends with an `error` event of type `unavailable`.
+Redis lost (see `follow_batches`) ends with the job's final state from SQL; a Redis
+outage longer than the relay rides out, or a database that fails or hangs when the
+relay needs the job's state, ends with an `error` event of type `unavailable`.
 
 `follow_batches` yields the events themselves (the OpenAI surface reshapes them);
 `relay_events` yields their SSE bytes, several events per write: per-write overhead,
@@ -25,8 +26,8 @@ from typing import Any
 
 import anyio
 import redis.asyncio as aioredis
-from fastapi.concurrency import run_in_threadpool
 from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
 from starlette.types import Message, Send
@@ -65,7 +66,11 @@ def stored_final_event(job_id: str) -> FinalEventLookup:
             return "status", {"status": job.status, "attempt": job.attempts}
 
     async def final_event() -> tuple[str, dict[str, Any]] | None:
-        return await run_in_threadpool(lookup)
+        # A database that hangs (a partition) must not hang the stream: past the bound
+        # this raises TimeoutError, which ends it with an `error` event; the thread is
+        # left to finish (or fail) on its own.
+        with anyio.fail_after(SQL_WAIT_S):
+            return await anyio.to_thread.run_sync(lookup, abandon_on_cancel=True)
 
     return final_event
 
@@ -167,21 +172,23 @@ async def relay_events(
     final_event: FinalEventLookup,
 ) -> AsyncIterator[bytes]:
     """The job's events as SSE bytes, one write per batch; a Redis outage that outlasts
-    the relay's retries ends the stream with an `error` event (no id), never a hang."""
+    the relay's retries, or a database that fails or hangs when the relay needs the job's
+    state, ends the stream with an `error` event (no id), never a hang."""
     try:
         async for batch in follow_batches(hub, client, job_id, last_event_id, final_event):
             yield b"".join(sse for _event, sse in batch)
-    except (RedisError, OSError, TimeoutError) as exc:
+    except (RedisError, OSError, TimeoutError, SQLAlchemyError) as exc:
         log.warning("job %s: events unavailable (%s); ending the stream", job_id, exc)
         yield encode_final("error", UNAVAILABLE)
 
 
 UNAVAILABLE = {
     "type": "unavailable",
-    "message": "the job's events are unavailable (Redis unreachable); the job goes on: "
-    "reconnect with Last-Event-ID or read GET /jobs/{id}",
+    "message": "the job's events are unavailable (Redis or the database unreachable); the "
+    "job goes on: reconnect with Last-Event-ID or read GET /jobs/{id}",
 }
 REPLAY_RETRY_S = 10.0  # a relay rides out a Redis outage this long before it gives up
+SQL_WAIT_S = 10.0  # and waits this long for one read of the job's state from SQL
 SQL_RECHECK_S = 1.0  # waiting for SQL's final state: re-read this often (or on an event)
 
 

@@ -30,6 +30,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from app.core import names
+from app.core.fields import SPACE_CHARS
 from app.core.models import Job, utcnow
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,9 @@ CALLBACK_URL_MAX = 2048
 # may be reached is decided at delivery, when it is resolved.
 CALLBACK_URL_PATTERN = (
     r"^[Hh][Tt][Tt][Pp][Ss]?://"
-    r"(\[[0-9A-Fa-f:.]{2,45}\]|[^\s/?#@\\\[\]:]+)"
+    rf"(\[[0-9A-Fa-f:.]{{2,45}}\]|[^{SPACE_CHARS}/?#@\\\[\]:]+)"
     r"(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?"
-    r"([/?#][^\s]*)?$"
+    rf"([/?#][^{SPACE_CHARS}]*)?$"
 )
 _CALLBACK_URL = re.compile(CALLBACK_URL_PATTERN)
 _ERROR_CHARS = 500  # the webhook_last_error column

@@ -1,7 +1,8 @@
 """A Redis outage answers 503 (never 500) and never leaves a client hanging.
 
 Each test runs a real API process on its own redis-server, which the test stops and
-starts again; SQL stays up throughout, as it is the source of truth.
+starts again; SQL stays up throughout, as it is the source of truth (but for the last
+test, where the database stops answering in the middle of a stream).
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import time
 import httpx
 import pytest
 import redis
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 
 from app.core.events import EventWriter
 from tests.conftest import free_port
-from tests.faults import RedisProcess
+from tests.faults import FlakyProxy, RedisProcess
 from tests.support import ApiServer, SseEvent, parse_sse
 
 
@@ -148,3 +149,66 @@ def test_an_sse_stream_whose_redis_stays_away_ends_with_an_error_event(api, own_
     assert last.event == "error" and last.id is None
     assert last.data["type"] == "unavailable"
     assert [e.id for e in follower.events[:-1]] == [1]
+
+
+def test_an_sse_stream_whose_database_hangs_ends_with_an_error_event(
+    own_redis, service_env, postgres_url, tmp_path
+):
+    """The bug: when the relay needed the job's state from SQL (here: Redis lost the
+    job's log) and the database did not answer, the stream pinged forever; one that
+    failed outright broke the body with no `error` event."""
+    database = make_url(postgres_url)
+    proxy = FlakyProxy(database.port or 5432)
+    through_proxy = database.set(host="127.0.0.1", port=proxy.port)
+    url = through_proxy.render_as_string(hide_password=False)
+    env = {**service_env, "CODELOOP_REDIS_URL": own_redis.url, "CODELOOP_DATABASE_URL": url}
+    server = ApiServer(env, free_port(), tmp_path / "api-pg.log").wait_ready()
+    client = redis.Redis.from_url(own_redis.url)
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            job_id = submit(http)
+        mark_running({"CODELOOP_DATABASE_URL": postgres_url}, job_id)
+        EventWriter(client, job_id, maxlen=100, ttl_s=60).emit(
+            "status", {"status": "running", "attempt": 1}
+        )
+        follower = Follower(server.url, job_id)
+        follower.wait_for(1)
+        proxy.partition()  # the database stops answering
+        client.flushdb()  # and Redis loses the log: only SQL can say how the job ends
+        EventWriter(client, job_id, maxlen=100, ttl_s=60).emit(
+            "status", {"status": "running", "attempt": 2}
+        )
+        assert follower.ended.wait(30), follower.events
+    finally:
+        proxy.heal()
+        server.stop()
+        proxy.close()
+        client.close()
+    last = follower.events[-1]
+    assert last.event == "error" and last.id is None, follower.events
+    assert last.data["type"] == "unavailable"
+
+
+def test_a_long_poll_whose_subscription_is_never_confirmed_answers_from_sql(
+    own_redis, service_env, tmp_path
+):
+    """The bug: a long-poll whose subscription timed out (Redis took the command and
+    never answered: a partition) answered 500."""
+    proxy = FlakyProxy(own_redis.port)
+    env = {**service_env, "CODELOOP_REDIS_URL": proxy.url}
+    server = ApiServer(env, free_port(), tmp_path / "api-cut.log").wait_ready()
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            job_id = submit(http)
+            mark_running(service_env, job_id)
+            proxy.partition()
+            started = time.monotonic()
+            polled = http.get(f"/jobs/{job_id}", params={"wait": 2})
+            took = time.monotonic() - started
+    finally:
+        proxy.heal()
+        server.stop()
+        proxy.close()
+    assert polled.status_code == 200, polled.text
+    assert polled.json()["status"] == "running"
+    assert took < 30

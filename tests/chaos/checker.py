@@ -32,6 +32,7 @@ import json
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from app.core import names
@@ -131,8 +132,10 @@ def _check_client(result: Verdict, follower: Follower, row: dict[str, Any]) -> N
         result.hung += 1
         result.problems.append(f"{where}: no final event by its deadline ({len(events)} events)")
     if follower.unavailable or follower.early_ends:
-        result.problems.append(f"{where}: {follower.unavailable} unavailable errors, "
-                               f"{follower.early_ends} streams closed without a final event")  # fmt: skip
+        result.problems.append(
+            f"{where}: {follower.unavailable} unavailable errors, "
+            f"{follower.early_ends} streams closed without a final event"
+        )
     _check_ids(result, where, events)
     finals = [i for i, e in enumerate(events) if is_final(e)]
     if not finals:
@@ -145,7 +148,7 @@ def _check_client(result: Verdict, follower: Follower, row: dict[str, Any]) -> N
             result.problems.append(f"{where}: final events at {finals} of {len(events)}")
         final = events[finals[-1]]
         if final.event != "done" or final.data != row["result"]:
-            result.problems.append(f"{where}: final {final.event} {str(final.data):.80}")
+            result.problems.append(f"{where}: final {final.event} {final.data!s:.80}")
         if final.id is None:
             result.final_from_sql += 1
     _check_attempts(result, where, events, follower.job, row, final)
@@ -154,7 +157,7 @@ def _check_client(result: Verdict, follower: Follower, row: dict[str, Any]) -> N
 def _check_ids(result: Verdict, where: str, events: list[SseEvent]) -> None:
     ids = [e.id for e in events if e.id is not None]
     duplicated = len(ids) - len(set(ids))
-    out_of_order = sum(1 for a, b in zip(ids, ids[1:], strict=False) if b < a)
+    out_of_order = sum(1 for a, b in pairwise(ids) if b < a)
     missing = sorted(set(range(1, max(ids, default=0) + 1)) - set(ids))
     result.duplicated += duplicated
     result.out_of_order += out_of_order
@@ -190,13 +193,13 @@ def _check_attempts(
     for number, tokens in seen.items():
         indices = [int(t.data["index"]) for t in tokens]
         result.duplicated += len(indices) - len(set(indices))
-        result.out_of_order += sum(1 for a, b in zip(indices, indices[1:], strict=False) if b < a)
+        result.out_of_order += sum(1 for a, b in pairwise(indices) if b < a)
         if indices != list(range(len(indices))):
             result.lost += len(set(range(max(indices, default=-1) + 1)) - set(indices))
             result.problems.append(f"{where}: attempt {number} token indices {indices[:12]}…")
         wrong = [t.data for t in tokens if t.data["text"] != _at(expected, t.data["index"])]
         if wrong:
-            result.problems.append(f"{where}: attempt {number}: tokens not the script's {wrong[:3]}")
+            result.problems.append(f"{where}: attempt {number}: not the script's {wrong[:3]}")
     complete_final = final is not None and final.id is not None
     if complete_final:
         last = max(seen, default=None)

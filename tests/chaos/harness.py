@@ -23,12 +23,13 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import httpx
-import redis
-from sqlalchemy import bindparam, create_engine, text
+from redis import Redis
+from sqlalchemy import Engine, bindparam, create_engine, text
 
 from app.core import db, names
 from tests.conftest import free_port
@@ -38,7 +39,7 @@ from tests.support import parse_sse as _parse_sse
 
 TOKEN_CHARS = 4
 TOKEN_DELAY_S = 0.04  # ~25 tokens/s: a 100-token job streams for about 4 s
-BATCH = 3  # task threads per generate worker
+JOBS_AT_ONCE = 6  # task threads in all: split between the generate workers
 LEASE_TTL_S = 2.0
 
 
@@ -85,14 +86,15 @@ class ChaosStack:
     generators: list[GenerateWorker]
     proxies: dict[int, FlakyProxy]  # generator index -> the proxy it reaches Redis through
     tokens: int  # script tokens per job
+    generator_count: int
     others: list[ServiceProcess] = field(default_factory=list)
 
     @property
     def urls(self) -> list[str]:
         return [api.url for api in self.apis]
 
-    def redis_client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.redis.url)
+    def redis_client(self) -> Redis:
+        return Redis.from_url(self.redis.url)
 
     def submit(self, indices: range | list[int], api: int = 0) -> list[Job]:
         """POST one generate job per index; every one must be accepted (202)."""
@@ -106,18 +108,18 @@ class ChaosStack:
                 accepted.append(Job(response.json()["id"], i, text_of(i, self.tokens)))
         return accepted
 
+    @cached_property
+    def sql(self) -> Engine:
+        return create_engine(self.env["CODELOOP_DATABASE_URL"])
+
     def rows(self, jobs: list[Job]) -> dict[str, dict[str, Any]]:
         """The jobs' SQL rows (the source of truth)."""
-        engine = create_engine(self.env["CODELOOP_DATABASE_URL"])
-        try:
-            with engine.connect() as conn:
-                query = text("SELECT * FROM jobs WHERE id IN :ids").bindparams(
-                    bindparam("ids", expanding=True)
-                )
-                found = conn.execute(query, {"ids": [job.id for job in jobs]}).mappings()
-                return {row["id"]: _decoded(dict(row)) for row in found}
-        finally:
-            engine.dispose()
+        query = text("SELECT * FROM jobs WHERE id IN :ids").bindparams(
+            bindparam("ids", expanding=True)
+        )
+        with self.sql.connect() as conn:
+            found = conn.execute(query, {"ids": [job.id for job in jobs]}).mappings()
+            return {row["id"]: _decoded(dict(row)) for row in found}
 
     def wait_running(self, jobs: list[Job], timeout: float = 30) -> dict[str, dict[str, Any]]:
         """Until every job is running (claimed by a worker); their rows."""
@@ -143,7 +145,7 @@ class ChaosStack:
         """What the job's Redis stream holds now (events as written)."""
         client = self.redis_client()
         try:
-            entries = client.xrange(names.events_stream_key(job.id))
+            entries: Any = client.xrange(names.events_stream_key(job.id))
         finally:
             client.close()
         return [json.loads(fields[b"e"]) for _id, fields in entries]
@@ -165,7 +167,6 @@ def _base_env(root: Path, redis_url: str, script: Path) -> dict[str, str]:
         "CODELOOP_DATA_DIR": str(root / "data"),
         "CODELOOP_MODEL_ID": f"scripted:{script}",
         "CODELOOP_MODEL_DEVICE": "cpu",
-        "CODELOOP_GENERATE_MAX_BATCH": str(BATCH),
         "CODELOOP_LEASE_TTL_S": str(LEASE_TTL_S),
         "CODELOOP_RECONCILE_INTERVAL_S": "1",
         "CODELOOP_SSE_PING_S": "1",  # followers notice a dead connection within seconds
@@ -177,6 +178,7 @@ def _base_env(root: Path, redis_url: str, script: Path) -> dict[str, str]:
 def start_generator(stack: ChaosStack, index: int, *, proxied: bool = False) -> GenerateWorker:
     """Generate worker `index` (through a partitionable proxy if `proxied`); not waited for."""
     env = dict(stack.env)
+    env.setdefault("CODELOOP_GENERATE_MAX_BATCH", str(JOBS_AT_ONCE // stack.generator_count))
     if proxied:
         proxy = FlakyProxy(stack.redis.port)
         stack.proxies[index] = proxy
@@ -187,22 +189,28 @@ def start_generator(stack: ChaosStack, index: int, *, proxied: bool = False) -> 
 
 
 def stop_all(processes: list[ServiceProcess]) -> None:
-    """Stop processes side by side (each stop may wait for a warm shutdown)."""
+    """Tear the stack down: single processes are killed (nothing of theirs is under
+    test any more, and a warm shutdown costs seconds each); a prefork worker is stopped
+    so its pool goes with it. Side by side."""
+    for proc in processes:
+        if not isinstance(proc, Worker) or isinstance(proc, GenerateWorker):
+            proc.proc.kill()  # an API, beat, a threads-pool generate worker: one process
     with ThreadPoolExecutor(max_workers=max(1, len(processes))) as pool:
         list(pool.map(lambda proc: proc.stop(), processes))
 
 
 @contextlib.contextmanager
 def chaos_stack(
-    root: Path, *, jobs: int, tokens: int = 100, apis: int = 1, generators: int = 2,
+    root: Path, *, jobs: int, tokens: int = 100, apis: int = 1, generators: int = 1,
     proxied: tuple[int, ...] = (), env: dict[str, str] | None = None,
 ) -> Iterator[ChaosStack]:  # fmt: skip
     """Everything up and ready (started side by side); everything stopped on the way out.
-    `jobs` tasks are scripted, `tokens` script tokens each."""
+    `jobs` tasks are scripted, `tokens` script tokens each; `JOBS_AT_ONCE` run at once,
+    whatever the number of generate workers."""
     server = RedisProcess(root / "redis", appendonly=True)
     script = write_script(root / "script.json", jobs, tokens)
     base = {**_base_env(root, server.url, script), **(env or {})}
-    stack = ChaosStack(root, base, server, [], [], {}, tokens)
+    stack = ChaosStack(root, base, server, [], [], {}, tokens, generators)
     try:
         stack.apis = [ApiServer(base, free_port(), root / f"api-{n}.log") for n in range(apis)]
         maintenance = Worker(base, "maintenance", log_path=root / "maintenance.log",
@@ -221,12 +229,19 @@ def chaos_stack(
             proxy.close()
         stop_all([*stack.apis, *stack.generators, *stack.others])
         server.stop()
+        if "sql" in stack.__dict__:
+            stack.sql.dispose()
 
 
 def is_final(event: SseEvent) -> bool:
     if event.event in ("done", "error"):
         return True
     return event.event == "status" and event.data.get("status") in names.TERMINAL
+
+
+def _is_unavailable(event: SseEvent) -> bool:
+    """The relay's "Redis is away, reconnect" ending (no id: not part of the log)."""
+    return event.event == "error" and event.id is None and event.data.get("type") == "unavailable"
 
 
 class _Deadline(Exception):
@@ -302,17 +317,17 @@ class Follower(threading.Thread):
     def _read(self, resp: httpx.Response) -> bool:
         """Events of one connection; True once it hung up by itself."""
         for event in _parse_sse(self._lines(resp)):
-            if event.event == "error" and event.id is None and event.data.get("type") == (
-                "unavailable"
-            ):
+            if _is_unavailable(event):
                 self.unavailable += 1  # the stream says: reconnect with Last-Event-ID
                 return False
             self.events.append(event)
             if is_final(event):
                 return False
-            if self.drop_after is not None and not self.dropped.is_set() and len(
-                self.events
-            ) >= self.drop_after:
+            if (
+                self.drop_after is not None
+                and not self.dropped.is_set()
+                and len(self.events) >= self.drop_after
+            ):
                 self.dropped.set()
                 return True
         return False

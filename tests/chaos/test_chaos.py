@@ -1,12 +1,13 @@
 """Chaos: faults while jobs stream to several SSE clients each (issue 10's proof).
 
-Every scenario runs a fresh stack (`harness.chaos_stack`: Redis with AOF, SQLite, API,
-two threads-pool generate workers of three task threads each, a maintenance worker and
-beat), submits jobs, attaches three followers per job (one stays, two hang up and come
-back with `Last-Event-ID`), injects its fault while the jobs stream, and hands
-everything to the one checker (`checker.verdict`): accepted = finished, no job left
-running, per client 0 events lost, 0 duplicated, 0 out of order. Each prints its
-figures as one `chaos verdict {...}` line.
+Every scenario runs a fresh stack (`harness.chaos_stack`: Redis with AOF, SQLite, an
+API, a threads-pool generate worker of six task threads, or two of three where the
+fault takes one away, a maintenance worker and beat), submits jobs, attaches three
+followers per job (one stays, two hang up and come back with `Last-Event-ID`),
+injects its fault while the jobs stream, and hands everything to the one checker
+(`checker.verdict`): accepted = finished, no job left running, per client 0 events
+lost, 0 duplicated, 0 out of order. Each prints its figures as one `chaos verdict
+{...}` line.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def test_a_generate_worker_sigkilled_mid_stream(tmp_path: Path) -> None:
     """Its jobs' leases lapse, the reconciler sends them again and the other worker
     runs them: clients see `retrying`, then the new attempt from its first token."""
     started = time.monotonic()
-    with chaos_stack(tmp_path, jobs=6) as stack:
+    with chaos_stack(tmp_path, jobs=6, generators=2) as stack:
         jobs = stack.submit(range(6))
         followers = follow(jobs, stack.urls)
         stack.wait_running(jobs)
@@ -127,7 +128,7 @@ def test_a_worker_partitioned_from_redis_longer_than_its_lease(tmp_path: Path) -
     more (no stale token, no second final, no stale SQL write), and each job runs once
     more, elsewhere or on the same worker once it is back."""
     started = time.monotonic()
-    with chaos_stack(tmp_path, jobs=6, tokens=200, proxied=(0,)) as stack:
+    with chaos_stack(tmp_path, jobs=6, tokens=200, generators=2, proxied=(0,)) as stack:
         jobs = stack.submit(range(6))
         followers = follow(jobs, stack.urls)
         stack.wait_running(jobs)

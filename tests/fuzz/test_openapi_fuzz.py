@@ -1,8 +1,9 @@
 """Schemathesis against /openapi.json, with every check it has (`--checks all`).
 
-A real API (auth on) in front of real Redis, SQL and Celery workers: every job the fuzzer
-gets accepted really runs, on the tiny model and the real sandbox, so event streams and
-long-polls end as they would for a client. What the run proves: no 5xx; every status an
+A real API (auth on) in front of real Redis, SQL and Celery workers (one per queue, the
+batching generate worker among them): every job the fuzzer gets accepted really runs, on
+the tiny model and the real sandbox, so event streams and long-polls end as they would
+for a client. What the run proves: no 5xx; every status an
 operation answers is declared; schema-valid requests are accepted and schema-violating
 ones refused; every response matches its schema, errors included (SPEC's shape); `Allow`
 lists what a path serves. No operation is left out: the streaming ones end with their
@@ -27,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Platform, platform_env, running_platform
+from tests.support import GenerateWorker
 
 pytestmark = [pytest.mark.slow, pytest.mark.fuzz]
 
@@ -58,10 +60,16 @@ def fuzz_platform(
     key = "cl_fuzz_" + uuid.uuid4().hex
     env = {**platform_env(redis_server, root, tiny_model_dir, FUZZ_REDIS_DB), **SMALL_CAPS,
            "CODELOOP_AUTH": "on", "CODELOOP_API_KEYS": key}  # fmt: skip
-    workers = [("generate", 1, "fuzzgen@%h"), ("execute", 2, "fuzzexe@%h"),
-               ("search,maintenance", 1, "fuzzsea@%h")]  # fmt: skip
+    workers = [("execute", 2, "fuzzexe@%h"), ("search,maintenance", 1, "fuzzsea@%h")]
     with running_platform(env, root, workers) as platform:
-        yield platform, key
+        # The batching generate worker, as `codeloop up` runs it: the fuzzer queues a
+        # hundred generations in bursts, and clients wait on them.
+        generate = GenerateWorker(env, root / "worker-gen.log", name="fuzzgen@%h")
+        try:
+            generate.wait_ready()
+            yield platform, key
+        finally:
+            generate.stop()
 
 
 def _schemathesis(url: str, key: str) -> subprocess.CompletedProcess[str]:

@@ -222,7 +222,9 @@ def test_a_lost_run_handed_back_as_redis_fails_is_still_sent_again(
     try:
         proxy.lose_reply_to(b"EVALSHA")  # announcing `retrying` fails: Redis went away
         with session_scope() as session, pytest.raises(redis.ConnectionError):
-            requeue_lost_run(session, flaky, celery, settings, session.get(Job, job.id))
+            row = session.get(Job, job.id)
+            assert row is not None
+            requeue_lost_run(session, flaky, celery, settings, row)
     finally:
         flaky.close()
         proxy.close()
