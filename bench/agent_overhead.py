@@ -174,7 +174,7 @@ def context_building(root: Path, model_dir: Path, items: int, queries: int = 200
     from app.core import db
     from app.core.config import reset_settings_cache
     from app.core.history import store_generation
-    from app.core.models import KnowledgeItem
+    from app.core.models import DEFAULT_WORKSPACE, KnowledgeItem
     from workers.agent.context import AgentMemory
     from workers.agent.engine import TransformersEngine
     from workers.llm import load_model_with_gpu
@@ -210,7 +210,9 @@ def context_building(root: Path, model_dir: Path, items: int, queries: int = 200
                     session=session, task=task, language="python", text="", code=bases[j],
                     model="bench",
                 )  # fmt: skip
-                pending.append(store.PendingItem("generation", gen.id, "python", bases[j]))
+                pending.append(
+                    store.PendingItem("generation", gen.id, "python", bases[j], DEFAULT_WORKSPACE)
+                )
         store.store_vectors(session, retriever.model, pending, np.stack(vectors))
     retriever.open()
     engine = TransformersEngine(load_model_with_gpu(str(model_dir), device="cpu", data_dir=root))
@@ -221,7 +223,14 @@ def context_building(root: Path, model_dir: Path, items: int, queries: int = 200
         task = tasks[i % len(tasks)]
         started = time.perf_counter()
         query = memory.embed(task)
-        window = memory.context_window(task, "python", None, budget=1500, owner="b", query=query)
+        window = memory.context_window(
+            task,
+            "python",
+            None,
+            budget=1500,
+            workspace=DEFAULT_WORKSPACE,
+            query=query,
+        )
         if i >= 5:
             timings.append((time.perf_counter() - started) * 1000)
         assert window.items

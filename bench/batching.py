@@ -151,14 +151,15 @@ def api_part(
     return results
 
 
-def concurrent_tok_s(engine: Any, msgs: list[Any], params: Any) -> float:
-    """Aggregate tokens/s of one thread per prompt calling `engine.generate` at once."""
-    counts = [0] * len(msgs)
+def concurrent_tok_s(engine: Any, msgs: list[Any], params: Any) -> tuple[float, float]:
+    """(aggregate tokens/s, p50 time to first token in ms) of one thread per prompt
+    calling `engine.generate` at once."""
+    outcomes: list[Any] = [None] * len(msgs)
 
     def go(i: int) -> None:
-        counts[i] = engine.generate(
+        outcomes[i] = engine.generate(
             msgs[i], params, on_text=lambda _: None, should_stop=lambda: False
-        ).completion_tokens
+        )
 
     started = time.perf_counter()
     threads = [threading.Thread(target=go, args=(i,)) for i in range(len(msgs))]
@@ -166,7 +167,9 @@ def concurrent_tok_s(engine: Any, msgs: list[Any], params: Any) -> float:
         thread.start()
     for thread in threads:
         thread.join()
-    return sum(counts) / (time.perf_counter() - started)
+    wall = time.perf_counter() - started
+    ttft = statistics.median(o.first_token_ms or 0.0 for o in outcomes)
+    return sum(o.completion_tokens for o in outcomes) / wall, ttft
 
 
 def library_part(model_id: str, tokens: int, n: int, data_dir: Path, rounds: int) -> dict[str, Any]:
@@ -214,10 +217,14 @@ def library_part(model_id: str, tokens: int, n: int, data_dir: Path, rounds: int
             page_size=32, max_batch_tokens=512,
         ),
     }  # fmt: skip
-    runs: dict[str, Any] = {
-        name: (lambda engine=engine: concurrent_tok_s(engine, msgs, params))
-        for name, engine in engines.items()
-    }
+    ttfts: dict[str, list[float]] = {name: [] for name in engines}
+
+    def batched(name: str) -> float:
+        rate, ttft = concurrent_tok_s(engines[name], msgs, params)
+        ttfts[name].append(ttft)
+        return rate
+
+    runs: dict[str, Any] = {name: (lambda name=name: batched(name)) for name in engines}
     # transformers' own entry point (a manager built and torn down per call), CPU-sized
     runs["generate_batch_sdpa_tuned"] = lambda: generate_batch(cpu_cb_config(n))
     for engine in engines.values():
@@ -232,6 +239,8 @@ def library_part(model_id: str, tokens: int, n: int, data_dir: Path, rounds: int
     for name, values in rates.items():
         figures[f"{name}_tok_s"] = round(statistics.median(values), 2)
         figures[f"{name}_rounds_tok_s"] = [round(r, 2) for r in values]
+    for name, values in ttfts.items():
+        figures[f"{name}_ttft_ms_p50"] = round(statistics.median(values), 1)
     for attn, name, cb in [
         ("sdpa", "sdpa_default", None),
         ("paged|eager", "paged_eager_tuned", cpu_cb_config(n)),

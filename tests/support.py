@@ -66,7 +66,7 @@ class ServiceProcess:
 
     def _check_alive(self) -> None:
         if self.proc.poll() is not None:
-            raise AssertionError(f"{self.proc.args} exited with {self.proc.returncode}: "
+            raise AssertionError(f"{self.proc.args!r} exited with {self.proc.returncode}: "
                                  f"{self.log()[-3000:]}")  # fmt: skip
 
     def stop(self) -> None:

@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import iter_route_contexts
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.errors import ApiError
@@ -23,13 +23,17 @@ log = logging.getLogger(__name__)
 
 
 class ErrorBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     type: str = Field(description="a stable machine-readable name, e.g. `invalid_input`")
     message: str = Field(description="what went wrong, for people")
-    detail: Any = Field(default=None, description="structured facts: the field, the limit")
+    detail: Any = Field(description="structured facts (the field, the limit), or null")
 
 
 class ErrorResponse(BaseModel):
-    """SPEC's error shape (every status, 422 included)."""
+    """SPEC's error shape (every status, 422 included), exactly: nothing else."""
+
+    model_config = ConfigDict(extra="forbid")
 
     error: ErrorBody
 

@@ -51,7 +51,7 @@ JSON_INTEGER = BeforeValidator(_json_integer)
 JsonInt = Annotated[int, JSON_INTEGER]
 
 
-def _advertise_caps(schema: dict[str, Any], cls: type[BaseModel]) -> None:
+def _advertise_caps(schema: dict[str, Any], cls: type[Any]) -> None:
     """Write `cls.caps(settings)` into the fields' schemas (the non-null branch of each)."""
     for name, keywords in cls.caps(get_settings()).items():
         field = schema["properties"][name]

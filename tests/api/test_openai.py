@@ -7,16 +7,18 @@ import asyncio
 import itertools
 import json
 import time
+from typing import Any
 
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageParam
 
 from tests.api.test_auth import create_key
 from tests.conftest import Platform, free_port, wait_until
 from tests.support import ApiServer
 
-HI = [{"role": "user", "content": "Write hello world."}]
+HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Write hello world."}]
 
 
 def client(platform: Platform, **kwargs) -> openai.OpenAI:
@@ -50,6 +52,7 @@ def test_completion_is_a_listed_generate_job(platform: Platform):
     assert stored["kind"] == "generate" and stored["status"] == "succeeded"
     assert choice.message.content == stored["result"]["text"] != ""
     usage = completion.usage
+    assert usage is not None
     assert usage.completion_tokens == 12 == stored["result"]["usage"]["completion_tokens"]
     assert usage.total_tokens == usage.prompt_tokens + 12
     request = stored["request"]
@@ -74,7 +77,9 @@ def test_stream_chunks_share_one_id_role_first_finish_last_usage_then_done(platf
     assert all(c.choices[0].delta.role is None for c in with_choices[1:])
     reasons = [c.choices[0].finish_reason for c in with_choices]
     assert reasons[-1] == "length" and set(reasons[:-1]) == {None}
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 40
+    last_usage = chunks[-1].usage
+    assert chunks[-1].choices == [] and last_usage is not None
+    assert last_usage.completion_tokens == 40
     assert all(c.usage is None for c in chunks[:-1])
     stored = job(platform, chunks[0].id.removeprefix("chatcmpl-"))
     text = "".join(c.choices[0].delta.content or "" for c in with_choices)
@@ -113,7 +118,7 @@ def test_async_client_streaming_and_not(platform: Platform):
 
 def test_conversation_and_stop_strings_reach_the_agent(platform: Platform):
     stops = [" ", "e", "a", "t"]
-    conversation = [
+    conversation: list[ChatCompletionMessageParam] = [
         {"role": "system", "content": "You write Python."},
         {"role": "user", "content": [{"type": "text", "text": "Write a"},
                                      {"type": "text", "text": " sum."}]},
@@ -129,13 +134,13 @@ def test_conversation_and_stop_strings_reach_the_agent(platform: Platform):
     assert request["messages"][1] == {"role": "user", "content": "Write a sum."}
     text = completion.choices[0].message.content or ""
     assert completion.choices[0].finish_reason == "stop"
-    assert completion.usage.completion_tokens < 200
+    assert completion.usage is not None and completion.usage.completion_tokens < 200
     assert not any(s in text for s in stops)
 
 
 def test_errors_are_in_openai_shape(platform: Platform):
     c = client(platform)
-    cases = [
+    cases: list[tuple[dict[str, Any], type[openai.APIStatusError], str, str | None]] = [
         ({"model": "gpt-9"}, openai.NotFoundError, "model", "model_not_found"),
         ({"temperature": 3}, openai.BadRequestError, "temperature", "invalid_value"),
         ({"n": 2}, openai.BadRequestError, "n", "unsupported_parameter"),
@@ -149,10 +154,11 @@ def test_errors_are_in_openai_shape(platform: Platform):
          openai.BadRequestError, "messages", "unsupported_parameter"),
     ]  # fmt: skip
     for override, error, param, code in cases:
-        kwargs = {"model": "codeloop", "messages": HI, **override}
+        kwargs: dict[str, Any] = {"model": "codeloop", "messages": HI, **override}
         with pytest.raises(error) as raised:
             c.chat.completions.create(**kwargs)
         body = raised.value.body
+        assert isinstance(body, dict), body
         assert set(body) == {"message", "type", "param", "code"}, body
         assert body["type"] == "invalid_request_error" and body["param"] == param
         if code:
@@ -169,8 +175,8 @@ def test_errors_are_in_openai_shape(platform: Platform):
 
 def test_an_error_after_the_stream_began_is_a_data_line(platform: Platform):
     too_long = "word " * 30_000  # fits the request cap, not the model's context window
-    body = {"model": "codeloop", "stream": True, "max_tokens": 5,
-            "messages": [{"role": "system", "content": too_long}, *HI]}  # fmt: skip
+    messages: list[ChatCompletionMessageParam] = [{"role": "system", "content": too_long}, *HI]
+    body = {"model": "codeloop", "stream": True, "max_tokens": 5, "messages": messages}
     with platform.client() as http, http.stream("POST", "/v1/chat/completions", json=body) as r:
         assert r.status_code == 200
         lines = [line for line in r.iter_lines() if line]
@@ -178,15 +184,18 @@ def test_an_error_after_the_stream_began_is_a_data_line(platform: Platform):
     error = json.loads(lines[-2][6:])["error"]
     assert error["code"] == "context_length_exceeded" and error["type"] == "invalid_request_error"
     with pytest.raises(openai.APIError) as raised:
-        list(client(platform).chat.completions.create(model="codeloop", stream=True, **{
-            "messages": body["messages"], "max_tokens": 5}))  # fmt: skip
+        list(
+            client(platform).chat.completions.create(
+                model="codeloop", stream=True, messages=messages, max_tokens=5
+            )
+        )
     assert raised.value.code == "context_length_exceeded" and "4096" in raised.value.message
 
 
 def test_tools_map_onto_client_tools_and_the_wire_stays_plain_when_none_is_called(
     platform: Platform,
 ):
-    tools = [{"type": "function", "function": {
+    tools: list[ChatCompletionFunctionToolParam] = [{"type": "function", "function": {
         "name": "get_weather", "description": "Weather in a city",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]  # fmt: skip
     raw = client(platform).chat.completions.with_raw_response.create(
@@ -260,4 +269,4 @@ def test_the_same_bearer_keys_guard_v1(keyed_api):
     keyed = openai.OpenAI(base_url=f"{api.url}/v1", api_key=key, max_retries=0)
     assert "codeloop" in [m.id for m in keyed.models.list()]
     completion = keyed.chat.completions.create(model="codeloop", messages=HI, max_tokens=3)
-    assert completion.usage.completion_tokens == 3
+    assert completion.usage is not None and completion.usage.completion_tokens == 3

@@ -142,6 +142,7 @@ def test_beat_fires_the_tuner_skips_while_locked_and_when_the_corpus_did_not_gro
     with sessionmaker(engine)() as session:
         size = session.scalar(select(func.count()).select_from(Embedding))
     engine.dispose()
+    assert size is not None
     seed(stack.env["CODELOOP_DATABASE_URL"], size // 5 + 1, 10_000)  # +20 %: worth a study
 
     def last_run() -> dict | None:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from sse_starlette.sse import SendTimeoutError
+from starlette.types import Message
 
 from app.api.sse import WatchedEventSourceResponse
 
@@ -30,16 +31,16 @@ class Body:
             self.closed = True
 
 
-async def never_disconnects() -> dict:
+async def never_disconnects() -> Message:
     await asyncio.Event().wait()
     return {}
 
 
 def test_chunks_go_out_as_written_one_send_each():
     body = Body([b"id: 1\nevent: token\ndata: {}\n\n" * 3, b"id: 4\nevent: done\ndata: {}\n\n"])
-    sent: list[dict] = []
+    sent: list[Message] = []
 
-    async def send(message: dict) -> None:
+    async def send(message: Message) -> None:
         sent.append(message)
 
     response = WatchedEventSourceResponse(body(), sep="\n", send_timeout=5)
@@ -56,10 +57,10 @@ def test_pings_are_comments_between_chunks():
     body = Body([b"id: 1\nevent: status\ndata: {}\n\n"], then_wait=True)
     sent: list[bytes] = []
 
-    async def send(message: dict) -> None:
+    async def send(message: Message) -> None:
         sent.append(message.get("body", b""))
 
-    async def disconnect_later() -> dict:
+    async def disconnect_later() -> Message:
         await asyncio.sleep(0.35)
         return {"type": "http.disconnect"}
 
@@ -75,7 +76,7 @@ def test_pings_are_comments_between_chunks():
 def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout():
     body = Body([b"data: 1\n\n", b"data: 2\n\n"], then_wait=True)
 
-    async def send(message: dict) -> None:
+    async def send(message: Message) -> None:
         if message.get("body") == b"data: 2\n\n":
             await asyncio.Event().wait()  # the client's socket is full and stays full
 

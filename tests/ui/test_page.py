@@ -56,7 +56,7 @@ def page(browser: Any, secured_api: SecuredApi) -> Iterator[Any]:
     page.wait_for_selector("body[data-ready=true]")
     page.get_by_test_id("api-key").fill(secured_api.key)
     page.get_by_test_id("api-key").dispatch_event("change")
-    page.urls = urls  # type: ignore[attr-defined]
+    page.urls = urls
     yield page
     # The long-lived key never travels in a URL (EventSource uses a job-scoped token).
     assert not [u for u in urls if secured_api.key in u]

@@ -17,13 +17,20 @@ import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic.json_schema import JsonDict
 
 from app.api.schemas import JSON_INTEGER, MAX_SEED, CallbackUrl, Language
 from app.core.fields import NOT_BLANK_PATTERN
 
 STOP_MAX, STOP_CHARS = 4, 64
+_TEXT_FORMAT: JsonDict = {
+    "anyOf": [
+        {"type": "object", "properties": {"type": {"enum": ["text", None]}}},
+        {"type": "null"},
+    ]
+}
 _Stop = Annotated[str, Field(min_length=1, max_length=STOP_CHARS)]
-_STOPS = {
+_STOPS: JsonDict = {
     "anyOf": [
         {"type": "string", "minLength": 1, "maxLength": STOP_CHARS},
         {
@@ -59,10 +66,10 @@ class ContentPart(_Lenient):
     text: str | None = None
 
 
-_TEXT = {"type": "string", "pattern": NOT_BLANK_PATTERN}
-_TEXT_PART = {"type": "object", "required": ["text"], "properties": {"text": _TEXT}}
+_TEXT: JsonDict = {"type": "string", "pattern": NOT_BLANK_PATTERN}
+_TEXT_PART: JsonDict = {"type": "object", "required": ["text"], "properties": {"text": _TEXT}}
 # What `job_request` requires of a user message: some text.
-_USER_HAS_TEXT = {
+_USER_HAS_TEXT: JsonDict = {
     "if": {"required": ["role"], "properties": {"role": {"const": "user"}}},
     "then": {
         "required": ["content"],
@@ -138,15 +145,7 @@ class ChatCompletionRequest(_Lenient):
         default=None, json_schema_extra={"anyOf": [{"enum": ["none", "auto"]}, {"type": "null"}]}
     )
     logprobs: Annotated[bool, Field(json_schema_extra={"const": False})] | None = None
-    response_format: dict[str, Any] | None = Field(
-        default=None,
-        json_schema_extra={
-            "anyOf": [
-                {"type": "object", "properties": {"type": {"enum": ["text", None]}}},
-                {"type": "null"},
-            ]
-        },
-    )
+    response_format: dict[str, Any] | None = Field(default=None, json_schema_extra=_TEXT_FORMAT)
     language: Language = "python"
     callback_url: CallbackUrl | None = None  # ours too: the job's webhook
 

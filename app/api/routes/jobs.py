@@ -60,7 +60,7 @@ def read_job(session: Any, client: Any, job: Job) -> dict[str, Any]:
 @router.get(
     "",
     response_model=None,
-    responses={200: {"model": JobList}},
+    responses={200: {"model": JobList}, **error_responses(400, notes={400: "invalid cursor"})},
 )
 def list_jobs(
     session: SessionDep,
@@ -68,8 +68,10 @@ def list_jobs(
     kind: JobKind | None = None,
     status: JobStatus | None = None,
     limit: int = Query(default=20, ge=1, le=100),
-    cursor: str | None = Query(
-        default=None, pattern=jobs.CURSOR_PATTERN, description="`next_cursor` of the page before"
+    cursor: str | None = Query(  # checked by jobs.decode_cursor: a bad one is a 400
+        default=None,
+        json_schema_extra={"pattern": jobs.CURSOR_PATTERN},
+        description="`next_cursor` of the page before",
     ),
 ) -> dict[str, Any]:
     rows, next_cursor = jobs.list_jobs(

@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 
 import openai
+from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageParam
 
 from tests.conftest import Platform
 
-TOOLS = [
+TOOLS: list[ChatCompletionFunctionToolParam] = [
     {
         "type": "function",
         "function": {
@@ -20,7 +21,9 @@ TOOLS = [
         },
     }
 ]
-ASK = [{"role": "user", "content": "client weather in Oslo, please"}]
+ASK: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "client weather in Oslo, please"}
+]
 
 
 def client(platform: Platform) -> openai.OpenAI:
@@ -35,9 +38,13 @@ def test_a_streamed_client_tool_call(agent_platform: Platform):
     chunks = list(stream)
     deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
     first, *rest = deltas
+    assert first.function is not None
     assert (first.index, first.type, first.function.name) == (0, "function", "get_weather")
     assert first.id and all(d.index == 0 and d.id is None for d in rest)
-    arguments = "".join(d.function.arguments or "" for d in deltas)
+    arguments = ""
+    for d in deltas:
+        assert d.function is not None, d
+        arguments += d.function.arguments or ""
     assert json.loads(arguments) == {"city": "Oslo"}
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
     assert finishes[-1] == "tool_calls" and set(finishes[:-1]) == {None}
@@ -52,16 +59,26 @@ def test_a_client_tool_call_and_its_answer_round_trip(agent_platform: Platform):
     completion = raw.parse()
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls"
-    [call] = choice.message.tool_calls
+    [call] = choice.message.tool_calls or []
     assert call.type == "function" and call.function.name == "get_weather"
     assert json.loads(call.function.arguments) == {"city": "Oslo"}
     with agent_platform.client() as http:
         job = http.get(f"/jobs/{raw.headers['x-job-id']}", params={"wait": 30}).json()
     assert job["result"]["tool_calls"][0]["call_id"] == call.id
     # The caller runs the tool and sends the answer back: a new job carries the whole turn.
-    conversation = [
+    conversation: list[ChatCompletionMessageParam] = [
         *ASK,
-        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.function.name, "arguments": call.function.arguments},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": call.id, "content": '{"temp_c": 4}'},
     ]
     follow_up = c.chat.completions.with_raw_response.create(

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Iterator
+from typing import cast
 
 import pytest
 import torch
@@ -158,10 +159,14 @@ def test_no_transformers_warnings(
 def test_repetition_penalty_spares_the_prompt() -> None:
     """transformers' penalty would push the model off the context it should reuse."""
     penalty = CompletionRepetitionPenalty(2.0, prompt_tokens=3)
-    prompt_only = torch.tensor([[5, 6, 7]])
     scores = torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0, 4.0, 4.0, -4.0, 1.0]])
-    assert torch.equal(penalty(prompt_only, scores.clone()), scores)  # nothing generated yet
-    after = penalty(torch.tensor([[5, 6, 7, 7, 8]]), scores.clone())
+
+    def scores_copy() -> torch.FloatTensor:  # LogitsProcessor's declared argument types
+        return cast(torch.FloatTensor, scores.clone())
+
+    prompt_only = cast(torch.LongTensor, torch.tensor([[5, 6, 7]]))
+    assert torch.equal(penalty(prompt_only, scores_copy()), scores)  # nothing generated yet
+    after = penalty(cast(torch.LongTensor, torch.tensor([[5, 6, 7, 7, 8]])), scores_copy())
     assert after[0, 5] == 4.0 and after[0, 6] == 4.0  # prompt tokens untouched
     assert after[0, 7] == -8.0 and after[0, 8] == 0.5  # generated ones penalised
     assert "repetition_penalty" not in SamplingParams().generate_kwargs()

@@ -51,6 +51,7 @@ def docker_ready() -> Iterator[None]:
     host = _answering_docker_host()
     if host is None:
         missing_tool('no Docker engine answers (eval "$(scripts/start-docker.sh)")')
+    assert host is not None  # missing_tool skipped or failed the test
     saved = os.environ.get("DOCKER_HOST")
     os.environ["DOCKER_HOST"] = host
     service.reset()
