@@ -111,12 +111,12 @@ def decode_batch1(loaded: Any, tokens: int) -> float:
     with torch.inference_mode():
         for _ in range(2):  # the first run warms kernels and the allocator
             cache = DynamicCache()
-            out = loaded.model(input_ids=ids, past_key_values=cache, use_cache=True)
+            out = loaded.model(input_ids=ids, cache=cache, use_cache=True)
             token = out.logits[:, -1:].argmax(-1)
             sync(loaded.device)
             started = time.perf_counter()
             for _ in range(tokens):
-                out = loaded.model(input_ids=token, past_key_values=cache, use_cache=True)
+                out = loaded.model(input_ids=token, cache=cache, use_cache=True)
                 token = out.logits[:, -1:].argmax(-1)
             sync(loaded.device)
             rates.append(tokens / (time.perf_counter() - started))

@@ -177,7 +177,7 @@ def list_jobs(
         query = query.where(Job.kind == kind)
     if status:
         query = query.where(Job.status == status)
-    if cursor:
+    if cursor is not None:  # "" is a malformed cursor, not the first page
         created, job_id = decode_cursor(cursor)
         if session.get_bind().dialect.name == "sqlite":
             created = created.astimezone(UTC).replace(tzinfo=None)

@@ -1,19 +1,20 @@
 """Schemathesis against /openapi.json, with every check it has (`--checks all`).
 
-A real API (auth on) in front of real Redis, SQL and Celery workers (one per queue, the
-batching generate worker among them): every job the fuzzer gets accepted really runs, on
-the tiny model and the real sandbox, so event streams and long-polls end as they would
-for a client. What the run proves: no 5xx; every status an
-operation answers is declared; schema-valid requests are accepted and schema-violating
-ones refused; every response matches its schema, errors included (SPEC's shape); `Allow`
-lists what a path serves. No operation is left out: the streaming ones end with their
-job, and schemathesis reads at most `max-stream-events` events of a stream
-(tests/fuzz/schemathesis.toml).
+A real API (auth on) in front of real Redis, SQL and Celery workers, one per queue (the
+batching generate worker among them, as `codeloop up` runs it): every job the fuzzer
+gets accepted really runs, on the tiny model and the real sandbox, so long-polls and
+event streams end as they would for a client. No operation is left out: streams end
+with their job, and schemathesis reads at most `max-stream-events` events of one.
 
-The caps below are lowered so the run is fast: the schema states the caps in force, so
-the fuzzer asks for what this server allows (16 tokens, a 2 s study), and the run stays
-within about a minute on two cores. The seed and the example count are fixed: CI runs
-the same cases every time (the stateful phase follows ids the server hands out).
+What a pass proves: no 5xx; every status an operation answers is declared; schema-valid
+requests are accepted and schema-violating ones refused; every response matches its
+schema (errors: SPEC's shape, exactly); `Allow` lists every method a path serves.
+Settings of the run, and why each, are in tests/fuzz/schemathesis.toml.
+
+The caps are lowered (`SMALL_CAPS`) so the run is short: the schema states the caps in
+force, so the fuzzer asks for what this server allows (16 tokens, a 2 s study), and the
+run takes about a minute on two cores. The seed and the example count are fixed: CI runs
+the same cases every time (only the stateful phase follows ids the server hands out).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.fuzz]
 HERE = Path(__file__).resolve().parent
 SEED = 20240611
 MAX_EXAMPLES = 10
-FUZZ_REDIS_DB = 12
+FUZZ_REDIS_DB = 13  # a database of the session's Redis no other stack uses
 SMALL_CAPS = {
     "CODELOOP_MAX_TASK_CHARS": "2000",
     "CODELOOP_MAX_NEW_TOKENS": "8",
@@ -72,7 +73,7 @@ def fuzz_platform(
             generate.stop()
 
 
-def _schemathesis(url: str, key: str) -> subprocess.CompletedProcess[str]:
+def _schemathesis(url: str, key: str, workdir: Path) -> subprocess.CompletedProcess[str]:
     command = [
         str(Path(sys.executable).parent / "schemathesis"), "--no-color",
         "--config-file", str(HERE / "schemathesis.toml"),
@@ -80,7 +81,9 @@ def _schemathesis(url: str, key: str) -> subprocess.CompletedProcess[str]:
         "--max-examples", str(MAX_EXAMPLES), "--seed", str(SEED),
         "--header", f"Authorization: Bearer {key}",
     ]  # fmt: skip
-    return subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
+    return subprocess.run(
+        command, cwd=workdir, capture_output=True, text=True, timeout=240, check=False
+    )
 
 
 def _failures(output: str) -> str:
@@ -90,9 +93,11 @@ def _failures(output: str) -> str:
     return output[start:][-20000:]
 
 
-def test_openapi_holds_under_schemathesis(fuzz_platform: tuple[Platform, str]) -> None:
+def test_openapi_holds_under_schemathesis(
+    fuzz_platform: tuple[Platform, str], tmp_path: Path
+) -> None:
     platform, key = fuzz_platform
-    run = _schemathesis(platform.url, key)
+    run = _schemathesis(platform.url, key, tmp_path)
     output = run.stdout + run.stderr
     assert run.returncode == 0, f"schemathesis found failures:\n{_failures(output)}"
     operations = re.search(r"Selected: (\d+)/(\d+)\s+Tested: (\d+)", output)

@@ -229,12 +229,14 @@ class PagedBatcher:
             self.manager.cancel_request(request_id)
             self._end(request_id, RowEnd("cancelled", RuntimeError("the batcher closed")))
         self.manager.stop(block=True, timeout=30, hard_stop=True)
+        self.manager.destroy()
         self._dispatcher.join(timeout=5)
+        self._cache = self._scheduler = None  # the paged cache's memory goes with them
 
     @property
     def in_flight(self) -> int:
         """Sequences the manager holds in its batch (prefilling or decoding)."""
-        return len(self._scheduler.active_requests)
+        return 0 if self._scheduler is None else len(self._scheduler.active_requests)
 
     @property
     def waiting(self) -> int:

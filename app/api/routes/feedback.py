@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from app.api.deps import CallerDep, SessionDep
 from app.api.errors import error_responses
@@ -21,9 +21,16 @@ class FeedbackRequest(StrictBody):
     comment: str | None = Field(default=None, max_length=MAX_COMMENT_CHARS)
 
 
+class FeedbackResult(BaseModel):
+    generation_id: str
+    feedback_score: float
+    feedback_count: int
+
+
 @router.post(
     "/feedback",
     status_code=201,
+    response_model=FeedbackResult,
     responses=error_responses(400, 401, 404, 413, 422, 429, 503),
 )
 def post_feedback(body: FeedbackRequest, session: SessionDep, caller: CallerDep) -> dict[str, Any]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from app.api.deps import CallerDep, SessionDep
 from app.api.errors import error_responses
@@ -40,7 +41,25 @@ class KnowledgeCreate(StrictBody):
     tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
 
 
-@router.get("/get/{language}")
+class KnowledgeItemOut(BaseModel):
+    id: str
+    language: str
+    title: str
+    content: str
+    tags: list[str]
+    source: str
+    feedback_score: float | None
+    feedback_count: int
+    usage_count: int
+    created_at: datetime
+
+
+class KnowledgeList(BaseModel):
+    language: Language
+    items: list[KnowledgeItemOut]
+
+
+@router.get("/get/{language}", response_model=None, responses={200: {"model": KnowledgeList}})
 def get_knowledge(
     language: Language,
     session: SessionDep,
@@ -57,7 +76,12 @@ def get_knowledge(
     return {"language": language, "items": [knowledge_to_json(item) for item in items]}
 
 
-@router.post("", status_code=201, responses=error_responses(400, 409, 413))
+@router.post(
+    "",
+    status_code=201,
+    response_model=None,
+    responses={201: {"model": KnowledgeItemOut}, **error_responses(400, 409, 413)},
+)
 def post_knowledge(body: KnowledgeCreate, session: SessionDep, caller: CallerDep) -> dict[str, Any]:
     """Add a snippet to the workspace; it becomes searchable there once a retrieval
     worker has embedded it."""

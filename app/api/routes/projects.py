@@ -9,11 +9,13 @@ workspace's project of the same id is a separate one.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from app.api.deps import CallerDep, SessionDep
 from app.api.errors import error_responses
@@ -30,6 +32,23 @@ from app.core.project_files import (
     project_file_to_json,
     put_project_file,
 )
+
+
+class ProjectFileOut(BaseModel):
+    """A file's JSON (`content` only when one file is read)."""
+
+    project_id: str
+    path: str
+    size: int
+    sha256: str
+    updated_at: datetime
+    content: str | None = None
+
+
+class ProjectFileList(BaseModel):
+    project_id: str
+    files: list[ProjectFileOut]
+
 
 router = APIRouter(
     prefix="/projects", tags=["projects"], responses=error_responses(401, 422, 429, 503)
@@ -64,8 +83,8 @@ _FILE_BODY = {
     "/{project_id}/files/{path:path}",
     openapi_extra=_FILE_BODY,
     responses={
-        200: {"description": "replaced"},
-        201: {"description": "created"},
+        200: {"description": "replaced", "model": ProjectFileOut},
+        201: {"description": "created", "model": ProjectFileOut},
         **error_responses(413),
     },
 )
@@ -88,7 +107,11 @@ async def put_file(
     return JSONResponse(body, status_code=201 if created else 200)
 
 
-@router.get("/{project_id}/files", responses=error_responses(404))
+@router.get(
+    "/{project_id}/files",
+    response_model=None,
+    responses={200: {"model": ProjectFileList}, **error_responses(404)},
+)
 def list_files(
     project_id: ProjectId,
     session: SessionDep,
@@ -105,7 +128,11 @@ def list_files(
     }
 
 
-@router.get("/{project_id}/files/{path:path}", responses=error_responses(404))
+@router.get(
+    "/{project_id}/files/{path:path}",
+    response_model=None,
+    responses={200: {"model": ProjectFileOut}, **error_responses(404)},
+)
 def get_file(
     project_id: ProjectId, path: FilePath, session: SessionDep, caller: CallerDep
 ) -> dict[str, Any]:
