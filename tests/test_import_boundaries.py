@@ -12,10 +12,7 @@ from tests.support import ROOT
 
 
 def imported_after(module_code: str, probes: list[str]) -> dict[str, bool]:
-    code = (
-        f"import sys\n{module_code}\n"
-        f"print(','.join(str(p in sys.modules) for p in {probes!r}))"
-    )
+    code = f"import sys\n{module_code}\nprint(','.join(str(p in sys.modules) for p in {probes!r}))"
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.strip()

@@ -107,4 +107,3 @@ def test_queue_position_counts_earlier_queued_jobs(sessions):
         jobs.transition(session, first.id, from_statuses=(names.QUEUED,), status=names.RUNNING)
         session.refresh(second)
         assert jobs.queue_position(session, second) == 1
-
