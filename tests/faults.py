@@ -35,6 +35,8 @@ class FlakyProxy:
         self._lock = threading.Lock()
         self._open = threading.Event()  # cleared while partitioned
         self._open.set()
+        self._live: list[socket.socket] = []
+        self._cut = False
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -58,6 +60,18 @@ class FlakyProxy:
         with contextlib.suppress(OSError):
             self._listener.close()
 
+    def cut(self) -> None:
+        """The upstream is gone for good: live connections drop, new ones are refused."""
+        self._cut = True
+        with contextlib.suppress(OSError):  # wakes the accept loop (close alone does not)
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self.close()
+        with self._lock:
+            live, self._live = self._live, []
+        for sock in live:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
     def _accept(self) -> None:
         while True:
             try:
@@ -65,11 +79,16 @@ class FlakyProxy:
             except OSError:
                 return
             self._open.wait()  # partitioned: the connection is accepted, never served
+            if self._cut:
+                client.close()
+                return
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
             except OSError:  # the server is down: so is this connection
                 client.close()
                 continue
+            with self._lock:
+                self._live += [client, upstream]
             doomed = threading.Event()
             for target, args in ((self._up, (client, upstream)), (self._down, (upstream, client))):
                 threading.Thread(target=target, args=(*args, doomed), daemon=True).start()

@@ -15,11 +15,26 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import iter_route_contexts
 from pydantic import BaseModel, ConfigDict, Field
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.errors import ApiError
 
 log = logging.getLogger(__name__)
+
+# A dependency that cannot be reached (SQL down, pool exhausted, Redis gone): 503, so
+# clients retry, rather than the 500 that would say the request itself broke us.
+DEPENDENCY_DOWN = (
+    OperationalError,
+    InterfaceError,
+    DisconnectionError,
+    PoolTimeout,
+    RedisConnectionError,
+    RedisTimeoutError,
+)
 
 
 class ErrorBody(BaseModel):
@@ -173,6 +188,19 @@ def install_error_handlers(app: FastAPI) -> None:
         if allowed:
             headers = {**(headers or {}), "Allow": ", ".join(sorted(allowed))}
         return error_response(exc.status_code, type_, str(exc.detail), None, headers)
+
+    async def _dependency_down(_request: Request, exc: Exception) -> JSONResponse:
+        log.warning("dependency unavailable: %s: %s", type(exc).__name__, exc)
+        return error_response(
+            503,
+            "unavailable",
+            "a service this request needs is unreachable; retry shortly",
+            None,
+            {"Retry-After": "5"},
+        )
+
+    for exc_type in DEPENDENCY_DOWN:
+        app.add_exception_handler(exc_type, _dependency_down)
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:

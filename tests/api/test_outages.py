@@ -212,3 +212,39 @@ def test_a_long_poll_whose_subscription_is_never_confirmed_answers_from_sql(
     assert polled.status_code == 200, polled.text
     assert polled.json()["status"] == "running"
     assert took < 30
+
+
+def test_requests_while_the_database_is_down_answer_503(
+    own_redis, service_env, postgres_url, tmp_path
+):
+    """The bug: with SQL unreachable, `GET /jobs/{id}`, the job list and a submit answered
+    500 (nothing mapped a lost database to 503); and they recover once it is back."""
+    database = make_url(postgres_url)
+    proxy = FlakyProxy(database.port or 5432)
+    url = database.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    env = {**service_env, "CODELOOP_REDIS_URL": own_redis.url, "CODELOOP_DATABASE_URL": url}
+    server = ApiServer(env, free_port(), tmp_path / "api-pg.log").wait_ready()
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            job_id = submit(http)
+            proxy.cut()  # the database is gone: live connections drop, new ones are refused
+            answers = [
+                http.get(f"/jobs/{job_id}"),
+                http.get("/jobs"),
+                http.post("/execute_code", json={"code": "print(1)", "language": "python"}),
+            ]
+            for response in answers:
+                assert response.status_code == 503, (response.request.url, response.text)
+                assert response.json()["error"]["type"] == "unavailable"
+                assert response.headers["retry-after"].isdigit()
+            proxy = FlakyProxy(database.port or 5432)  # back, behind a new port
+    finally:
+        server.stop()
+        proxy.close()
+    restored = {**env, "CODELOOP_DATABASE_URL": postgres_url}
+    server = ApiServer(restored, free_port(), tmp_path / "api-back.log").wait_ready()
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            assert http.get(f"/jobs/{job_id}").status_code == 200  # nothing accepted was lost
+    finally:
+        server.stop()

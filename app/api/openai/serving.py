@@ -25,6 +25,7 @@ from celery import Celery
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.api.cancel import cancel_job
 from app.api.event_hub import Batch, EventHub
@@ -205,7 +206,7 @@ class Completion:
                     out.append(chunks.content("".join(text)))
                 if out:
                     yield b"".join(out)
-        except (RedisError, TimeoutError) as exc:  # the stream began: say so in-band
+        except (RedisError, OSError, TimeoutError, SQLAlchemyError) as exc:  # say so in-band
             log.warning("chat completion %s lost its events: %s", self.job_id, exc)
             yield chunks.error(
                 error_body(
