@@ -19,7 +19,7 @@ from app.core.jobs import create_job, dispatch, transition
 from app.core.models import Job
 from tests.conftest import free_port, wait_until
 from tests.faults import FlakyProxy
-from tests.support import ApiServer, Beat, Worker, read_events
+from tests.support import ApiServer, Beat, ServiceProcess, Worker, read_events
 
 
 @pytest.fixture
@@ -29,6 +29,7 @@ def stack(service_env, tmp_path):
 
         def start(kind: str, **kwargs):
             env = {**service_env, **kwargs.pop("env", {})}
+            proc: ServiceProcess
             if kind == "api":
                 proc = ApiServer(env, free_port(), tmp_path / "api.log").wait_ready()
             elif kind == "beat":

@@ -137,7 +137,9 @@ def test_cancel_one_mid_batch_frees_its_row_while_the_others_finish(engine):
     assert calls[1].outcome is not None and calls[1].outcome.finish_reason == "cancelled"
     assert calls[1].outcome.completion_tokens < long.max_new_tokens
     assert expected[1].startswith(calls[1].outcome.text)
-    assert [calls[0].outcome.text, calls[2].outcome.text] == [expected[0], expected[2]]  # type: ignore[union-attr]
+    first, last = calls[0].outcome, calls[2].outcome
+    assert first is not None and last is not None
+    assert [first.text, last.text] == [expected[0], expected[2]]
 
 
 def test_a_tool_call_pauses_one_sequence_and_its_continuation_rejoins(engine):
@@ -211,11 +213,14 @@ def test_a_full_cache_makes_new_sequences_wait(loaded):
     prompt = TransformersEngine(loaded).prompt_tokens(messages(0))
     engine = BatchedEngine(loaded, max_batch=8, cache_tokens=prompt + 40)
     try:
-        peak = []
-        sampler = threading.Thread(
-            target=lambda: [peak.append(engine.batcher.in_flight) or time.sleep(0.002)
-                            for _ in range(1500)], daemon=True,
-        )  # fmt: skip
+        peak: list[int] = []
+
+        def sample() -> None:
+            for _ in range(1500):
+                peak.append(engine.batcher.in_flight)
+                time.sleep(0.002)
+
+        sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         calls = run_together([Call(engine, messages(0)), Call(engine, messages(0))])
         sampler.join()
