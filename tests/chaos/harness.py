@@ -245,7 +245,7 @@ def _is_unavailable(event: SseEvent) -> bool:
 
 
 class _Deadline(Exception):
-    pass
+    """A follower ran past its time without the job's final event."""
 
 
 class Follower(threading.Thread):

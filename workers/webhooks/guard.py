@@ -17,6 +17,7 @@ networks (`WEBHOOK_ALLOW_CIDRS`). Multicast and unspecified addresses are never 
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 import socket
@@ -122,10 +123,8 @@ def parse_ip_literal(host: str) -> IPAddress | None:
     a name. `[::1]` and `::1` are IPv6; `2130706433`, `0x7f000001`, `0177.0.0.1`,
     `127.1` are all 127.0.0.1 (inet_aton's forms: 1-4 parts, decimal/octal/hex)."""
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
+    with contextlib.suppress(ValueError):  # not a standard form: try inet_aton's
         return ipaddress.ip_address(bare)
-    except ValueError:
-        pass
     parts = bare.split(".")
     if not 1 <= len(parts) <= 4:
         return None
