@@ -207,7 +207,7 @@ def job_task(
 def run_job(job_id: str, handler: Callable[[JobContext], dict[str, Any]]) -> None:
     """Run `handler` for the job if this delivery wins the lease; record how it ended."""
     client = get_redis()
-    lease = Lease.acquire(client, job_id, get_settings().lease_ttl_s)
+    lease = _acquire_when_reachable(client, job_id)
     if lease is None:
         log.info("job %s: running elsewhere; duplicate delivery dropped", job_id)
         return
@@ -221,6 +221,10 @@ def run_job(job_id: str, handler: Callable[[JobContext], dict[str, Any]]) -> Non
         except Fenced:
             log.warning("job %s: lease lost while claiming; left to the reconciler", job_id)
             return
+        # Its message is spent (claimed, or the job needs none): from here on, a marker
+        # would be a later dispatch's, such as the one a hand-back below makes.
+        with contextlib.suppress(redis.RedisError):
+            client.delete(names.dispatch_marker_key(job_id))
         if ctx is None:
             return
         try:
@@ -239,8 +243,29 @@ def run_job(job_id: str, handler: Callable[[JobContext], dict[str, Any]]) -> Non
                 log.exception("job %s: deferred work failed", job_id)
     finally:
         lease.release()
-        with contextlib.suppress(redis.RedisError):
-            client.delete(names.dispatch_marker_key(job_id))
+
+
+# How long a delivery waits for an unreachable Redis before it gives up on its message
+# (a restart takes seconds). Giving up loses only the message: the reconciler sends a
+# stalled job again.
+ACQUIRE_PATIENCE_S = 20.0
+
+
+def _acquire_when_reachable(client: redis.Redis, job_id: str) -> Lease | None:
+    """The lease, once Redis answers: a message received as Redis went away is run
+    when it is back, not dropped for a claim that could not be made."""
+    ttl_s = get_settings().lease_ttl_s
+    deadline = time.monotonic() + ACQUIRE_PATIENCE_S
+    pause = 0.25
+    while True:
+        try:
+            return Lease.acquire(client, job_id, ttl_s)
+        except UNREACHABLE as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("job %s: Redis unreachable (%s); retrying in %.2g s", job_id, exc, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
 
 def _record_metrics(

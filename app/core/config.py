@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     stream_ttl_s: int = 86_400
     stream_maxlen: int = 20_000
     reconcile_interval_s: float = 15.0
+    # A waiting job whose message is this old is sent again once its queue has moved
+    # past it or holds nothing (workers/reconcile.py): a message lost by the broker.
+    redispatch_after_s: float = 30.0
     sse_ping_s: float = 15.0
     sse_send_timeout_s: float = 30.0  # a client that takes no bytes this long is dropped
 

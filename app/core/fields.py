@@ -4,9 +4,10 @@ project files), so every endpoint refuses the same bad input with the same error
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from app.core.errors import InvalidInput
+from app.core.models import as_utc
 from app.core.names import LANGUAGES
 
 # What `str.strip()` strips, as the inside of a regex class. Patterns published in the
@@ -36,9 +37,5 @@ def check_limit(limit: int, *, maximum: int) -> int:
 
 
 def iso_utc(value: datetime | None) -> str | None:
-    """ISO 8601 in UTC; SQLite hands back naive datetimes, and we only ever store UTC."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.isoformat()
+    """A stored time as ISO 8601 in UTC (None stays None)."""
+    return None if value is None else as_utc(value).isoformat()

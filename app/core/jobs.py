@@ -20,19 +20,12 @@ from sqlalchemy.orm import Session
 
 from app.core import lifecycle, names
 from app.core.errors import BadRequest, NotFound
-from app.core.models import DEFAULT_WORKSPACE, Job, utcnow
+from app.core.fields import iso_utc
+from app.core.models import DEFAULT_WORKSPACE, Job, as_utc, utcnow
 from app.core.webhooks import PENDING as WEBHOOK_PENDING
 from app.core.webhooks import webhook_json
 
 log = logging.getLogger(__name__)
-
-
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:  # SQLite returns naive datetimes; we only ever store UTC
-        value = value.replace(tzinfo=UTC)
-    return value.isoformat()
 
 
 def job_to_json(
@@ -47,9 +40,9 @@ def job_to_json(
         "id": job.id,
         "kind": job.kind,
         "status": job.status,
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
+        "created_at": iso_utc(job.created_at),
+        "started_at": iso_utc(job.started_at),
+        "finished_at": iso_utc(job.finished_at),
         "attempts": job.attempts,
         "queue_position": queue_position,
         "progress": progress,
@@ -114,12 +107,21 @@ def create_job(
 
 
 def dispatch(session: Session, celery: Celery, client: redis.Redis, job: Job, ttl_s: int) -> None:
-    """Send the job's message. The marker key tells the reconciler the message exists."""
+    """Send the job's message, then mark it sent for the reconciler (workers/reconcile.py).
+
+    In that order: Redis' log is append-only, so whatever it loses (a kill before its
+    AOF was written) is a suffix, and a marker it kept means the message was kept too.
+    A send that fails leaves no marker, so the job is sent again; a marker that fails
+    after a send costs at most a duplicate message, which the lease drops."""
     task, queue = names.JOB_ROUTES[job.kind]
-    session.execute(update(Job).where(Job.id == job.id).values(dispatches=Job.dispatches + 1))
+    session.execute(
+        update(Job)
+        .where(Job.id == job.id)
+        .values(dispatches=Job.dispatches + 1, dispatched_at=utcnow())
+    )
     session.commit()
-    client.set(names.dispatch_marker_key(job.id), "1", ex=ttl_s)
     celery.send_task(task, args=[job.id], task_id=job.id, queue=queue)
+    client.set(names.dispatch_marker_key(job.id), "1", ex=ttl_s)
 
 
 def get_owned_job(session: Session, job_id: str, owner: str) -> Job:
@@ -151,7 +153,7 @@ _MICROSECOND = timedelta(microseconds=1)
 
 
 def encode_cursor(job: Job) -> str:
-    created = job.created_at if job.created_at.tzinfo else job.created_at.replace(tzinfo=UTC)
+    created = as_utc(job.created_at)
     return f"{(created - _EPOCH) // _MICROSECOND}.{job.id}"
 
 

@@ -24,12 +24,13 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 from app.core import names
+from app.core.models import as_utc
 
 RETAIN_S = 30 * 86_400  # refreshed by every write: a cluster idle a month starts from zero
 
@@ -198,10 +199,7 @@ def job_batch(figures: JobFigures) -> Batch:
     batch = Batch()
     batch.inc(JOBS_FINISHED, kind=figures.kind, status=figures.status)
     if figures.queued_at is not None:
-        queued = figures.queued_at
-        if queued.tzinfo is None:  # SQLite hands back naive UTC
-            queued = queued.replace(tzinfo=UTC)
-        wait = (figures.claimed_at - queued).total_seconds()
+        wait = (figures.claimed_at - as_utc(figures.queued_at)).total_seconds()
         batch.observe(QUEUE_WAIT, max(0.0, wait), kind=figures.kind)
     result = figures.result or {}
     times = figures.token_times

@@ -37,6 +37,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(moment: datetime) -> datetime:
+    """A stored time, timezone-aware: SQLite hands back naive ones, and all we store is UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def new_id() -> str:
     return str(uuid.uuid4())
 
@@ -54,6 +59,7 @@ class Job(Base):
         Index("ix_jobs_owner_created", "owner", "created_at"),
         Index("ix_jobs_status_queue", "status", "queue"),
         Index("ix_jobs_owner_status", "owner", "status"),  # quotas: a key's open jobs
+        Index("ix_jobs_queue_created", "queue", "created_at"),  # reconciler: did a queue move
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -69,6 +75,8 @@ class Job(Base):
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     dispatches: Mapped[int] = mapped_column(Integer, default=0)
+    # When its message was last sent: how long a waiting job has waited for it.
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     progress_tokens: Mapped[int] = mapped_column(Integer, default=0)
     # A job started by another job (the agent's execute/lint calls) names its parent.
     parent_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)

@@ -106,7 +106,8 @@ def lease_key(job_id: str) -> str:
 
 
 def dispatch_marker_key(job_id: str) -> str:
-    """Set when a job's message is sent; gone if Redis lost its data."""
+    """Set once a job's message is sent, cleared when a delivery claims it; gone early
+    if Redis lost its data (workers/reconcile.py)."""
     return f"{PREFIX}:job:{job_id}:dispatched"
 
 

@@ -20,7 +20,7 @@ import hmac
 import logging
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import redis
@@ -30,8 +30,8 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from app.core import names
-from app.core.fields import SPACE_CHARS
-from app.core.models import Job, utcnow
+from app.core.fields import SPACE_CHARS, iso_utc
+from app.core.models import Job, as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +69,6 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={mac.hexdigest()}"
 
 
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.isoformat() if value.tzinfo else value.isoformat() + "+00:00"
-
-
 def webhook_json(job: Job) -> dict[str, Any] | None:
     """What the job JSON shows of its webhook (never the secret), None without one."""
     if job.callback_url is None:
@@ -85,8 +79,8 @@ def webhook_json(job: Job) -> dict[str, Any] | None:
         "attempts": job.webhook_attempts or 0,
         "last_status_code": job.webhook_last_status_code,
         "last_error": job.webhook_last_error,
-        "next_attempt_at": _iso(job.webhook_next_at) if job.webhook_status == PENDING else None,
-        "delivered_at": _iso(job.webhook_delivered_at),
+        "next_attempt_at": iso_utc(job.webhook_next_at) if job.webhook_status == PENDING else None,
+        "delivered_at": iso_utc(job.webhook_delivered_at),
     }
 
 
@@ -160,7 +154,7 @@ def claim_attempt(session: Session, job_id: str, *, hold_s: float) -> Claim | No
         return None
     now = utcnow()
     due = job.webhook_next_at
-    if due is not None and _aware(due) > now:
+    if due is not None and as_utc(due) > now:
         return None
     seen = job.webhook_attempts or 0
     result = session.execute(
@@ -212,8 +206,3 @@ def record_outcome(session: Session, job_id: str, attempt: int, outcome: Outcome
 def backoff_s(attempt: int, *, base_s: float, max_s: float) -> float:
     """Delay before the attempt after `attempt` (1-based): base, 2x base, 4x base ..."""
     return float(min(max_s, base_s * 2 ** max(0, attempt - 1)))
-
-
-def _aware(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every one we store is UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

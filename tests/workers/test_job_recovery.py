@@ -8,15 +8,17 @@ import sqlite3
 import threading
 import time
 from contextlib import ExitStack
+from datetime import timedelta
 
 import httpx
 import pytest
 import redis
 from sqlalchemy import create_engine, text
 
+from app.core import names
 from app.core.db import session_scope
 from app.core.jobs import create_job, dispatch, transition
-from app.core.models import Job
+from app.core.models import Job, utcnow
 from tests.conftest import free_port, wait_until
 from tests.faults import FlakyProxy
 from tests.support import ApiServer, Beat, ServiceProcess, Worker, read_events
@@ -263,3 +265,138 @@ def test_a_claim_that_waits_on_sql_longer_than_the_lease_keeps_its_lease(service
     runner.join(30)
     row = job_row(service_env, job.id)
     assert (row["status"], row["attempts"]) == ("succeeded", 1), row
+
+
+def test_a_message_lost_while_its_marker_survived_is_sent_again(stack, service_env, redis_client):
+    """The bug: the reconciler trusted the dispatch marker alone, and a marker can outlive
+    its message (a worker's connection dies with the message popped but not yet recorded
+    as unacknowledged; Redis loses an AOF tail). The job waited a day for the marker to
+    expire. Now a marked job that has waited `redispatch_after_s` on an empty queue is
+    sent again."""
+    api = stack("api")
+    with httpx.Client(base_url=api.url, timeout=60) as http:
+        job_id = http.post("/generate_code", json={"task": "x", "max_new_tokens": 8}).json()["id"]
+        assert redis_client.exists(names.dispatch_marker_key(job_id))
+        assert redis_client.delete("generate") == 1  # the message alone is gone
+        stack("worker", queues="generate,maintenance", name="stall@%h")
+        stack("beat", env={"CODELOOP_REDISPATCH_AFTER_S": "1"})
+        job = http.get(f"/jobs/{job_id}", params={"wait": 40}).json()
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] == 1
+    assert job_row(service_env, job_id)["dispatches"] == 2
+
+
+def _shift_back(job_ids: list[str], seconds: float) -> None:
+    """As if the jobs had been made and sent `seconds` earlier (their order kept)."""
+    delta = timedelta(seconds=seconds)
+    with session_scope() as session:
+        for job_id in job_ids:
+            row = session.get(Job, job_id)
+            assert row is not None and row.dispatched_at is not None
+            row.created_at -= delta
+            row.dispatched_at -= delta
+
+
+def test_a_stalled_message_is_sent_again_only_once_its_queue_moved_past_it(
+    service_env, redis_client, monkeypatch
+):
+    """Three marked jobs on one queue; A's message is lost. While no worker takes
+    anything, nothing is re-sent (a queue whose workers are down is not flooded with
+    copies); once B, sent after A, starts, A is re-sent, once; once the broker's queue
+    is empty, C (whose message went too) is re-sent."""
+    from app.core.celery_config import make_producer
+    from app.core.config import get_settings, reset_settings_cache
+    from workers.reconcile import reconcile_once
+
+    monkeypatch.setenv("CODELOOP_REDISPATCH_AFTER_S", "10")
+    reset_settings_cache()
+    settings = get_settings()
+    celery = make_producer(settings)
+    ids = []
+    with session_scope() as session:
+        for name in "ABC":
+            job, _ = create_job(session, kind="search", owner="o", request={"query": name})
+            dispatch(session, celery, redis_client, job, settings.result_ttl_s)
+            ids.append(job.id)
+            if name == "A":
+                redis_client.delete("search")  # A's message is lost, its marker kept
+            time.sleep(0.01)
+    a, b, c = ids
+    _shift_back(ids, 60)
+
+    def resend() -> set[str]:
+        before = {i: job_row(service_env, i)["dispatches"] for i in ids}
+        with session_scope() as session:
+            counts = reconcile_once(session, redis_client, celery, settings)
+        again = {i for i in ids if job_row(service_env, i)["dispatches"] > before[i]}
+        assert counts["resent"] == len(again)
+        return again
+
+    assert redis_client.llen("search") == 2
+    assert resend() == set()  # nothing moves: B and C still wait in the broker
+    with session_scope() as session:
+        assert transition(session, b, from_statuses=("queued",), status="running",
+                          attempt=0, attempts=1, started_at=utcnow())  # fmt: skip
+    assert resend() == {a}  # B, sent after A, started: A's message is gone
+    assert resend() == set()  # A was just sent: not again before `redispatch_after_s`
+    redis_client.delete("search")  # C's message and A's new one go as well
+    assert resend() == {c}  # nothing left in the broker, C still waits: lost
+
+
+def test_a_send_that_fails_leaves_no_marker_and_the_job_is_sent_again(service_env, redis_client):
+    """The bug: the marker was written before the message was sent, so a send that
+    failed (Redis going away between the two) left a job marked as sent with no
+    message. The send now comes first."""
+    from app.core.celery_config import make_producer
+    from app.core.config import get_settings
+    from workers.reconcile import reconcile_once
+
+    settings = get_settings()
+    dead = make_producer(
+        settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    )
+    dead.conf.broker_connection_retry = False
+    with session_scope() as session:
+        job, _ = create_job(session, kind="search", owner="o", request={"query": "x"})
+        with pytest.raises(Exception) as failed:
+            dispatch(session, dead, redis_client, job, settings.result_ttl_s)
+    assert "refused" in str(failed.value).lower() or "connect" in str(failed.value).lower()
+    assert not redis_client.exists(names.dispatch_marker_key(job.id))
+    assert redis_client.llen("search") == 0
+    _shift_back([job.id], 60)
+    with session_scope() as session:
+        counts = reconcile_once(session, redis_client, make_producer(settings), settings)
+    assert counts["resent"] == 1
+    assert redis_client.llen("search") == 1
+    assert redis_client.exists(names.dispatch_marker_key(job.id))
+
+
+def test_a_delivery_received_as_redis_goes_away_runs_once_it_is_back(
+    service_env, tmp_path, monkeypatch
+):
+    """The bug: a worker that got its message as Redis went away failed to take the
+    lease and dropped the message; the job waited on a marker that said it was sent."""
+    from app.core.config import reset_settings_cache
+    from tests.faults import RedisProcess
+    from workers import runtime
+    from workers.jobrun import run_job
+
+    private = RedisProcess(tmp_path / "redis", appendonly=True)
+    monkeypatch.setenv("CODELOOP_REDIS_URL", private.url)
+    reset_settings_cache()
+    runtime.reset_redis()
+    try:
+        with session_scope() as session:
+            job, _ = create_job(session, kind="search", owner="o", request={"query": "x"})
+        private.stop()
+        runner = threading.Thread(target=run_job, args=(job.id, lambda ctx: {"items": []}))
+        runner.start()
+        time.sleep(1.5)
+        assert job_row(service_env, job.id)["status"] == "queued"
+        private.start()
+        runner.join(30)
+        row = job_row(service_env, job.id)
+        assert (row["status"], row["attempts"]) == ("succeeded", 1), row
+    finally:
+        runtime.reset_redis()
+        private.stop()

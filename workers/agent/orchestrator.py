@@ -24,7 +24,7 @@ from typing import Any
 from app.core.config import get_settings
 from app.core.db import session_scope
 from app.core.history import store_generation
-from app.core.models import new_id
+from app.core.models import as_utc, new_id
 from workers.agent.calls import ToolRunner
 from workers.agent.context import AgentMemory, context_budget
 from workers.agent.engine import Engine, Messages
@@ -288,6 +288,4 @@ def _round(value: float | None) -> float | None:
 
 
 def _ms_since(moment: datetime) -> float:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return max(0.0, (datetime.now(UTC) - moment).total_seconds() * 1000)
+    return max(0.0, (datetime.now(UTC) - as_utc(moment)).total_seconds() * 1000)

@@ -27,14 +27,14 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import Settings, get_settings
-from app.core.models import CodeHistory, GenerationDefault, GenerationTrial, utcnow
+from app.core.models import CodeHistory, GenerationDefault, GenerationTrial, as_utc, utcnow
 from app.core.names import LANGUAGES
 from app.core.tuning import search_space
 from app.core.upsert import insert_for
@@ -223,10 +223,6 @@ def trial_outcomes(session: Session, trials: list[GenerationTrial]) -> dict[int,
     return totals
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 def tell_trials(sessions: sessionmaker[Session], settings: Settings) -> dict[str, Any]:
     """Tell finished trials, fail overdue ones, ask fresh ones, update tuned defaults."""
     from optuna.distributions import FloatDistribution
@@ -254,7 +250,7 @@ def tell_trials(sessions: sessionmaker[Session], settings: Settings) -> dict[str
                     study.tell(trial.trial_number, value, skip_if_finished=True)
                     trial.status, trial.value, trial.finished_at = "complete", value, now
                     summary["told"] += 1
-                elif now - _aware(trial.created_at) > deadline:
+                elif now - as_utc(trial.created_at) > deadline:
                     study.tell(trial.trial_number, state=TrialState.FAIL, skip_if_finished=True)
                     trial.status, trial.finished_at = "failed", now
                     summary["failed"] += 1
