@@ -10,8 +10,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis
-import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from app.api.deps import AuthGate
@@ -23,6 +21,7 @@ from app.api.routes import ROUTERS
 from app.core.celery_config import make_producer
 from app.core.config import get_settings
 from app.core.db import migrate, reset_engine
+from app.core.redis_clients import QUICK_TIMEOUT_S, connect, connect_async
 
 log = logging.getLogger("codeloop.api")
 
@@ -44,8 +43,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         migrate(settings.database_url)
     app.state.auth = AuthGate(settings)
     app.state.quotas = Quotas(settings)
-    app.state.redis = aioredis.Redis.from_url(settings.redis_url, max_connections=200)
-    app.state.redis_sync = redis.Redis.from_url(settings.redis_url)
+    app.state.redis = connect_async(settings.redis_url, max_connections=200)
+    app.state.redis_sync = connect(settings.redis_url)
+    app.state.redis_quick = connect(settings.redis_url, timeout=QUICK_TIMEOUT_S)
     app.state.celery = make_producer(settings)
     app.state.hub = EventHub(app.state.redis)
     await app.state.hub.start()
@@ -55,6 +55,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await app.state.hub.stop()
         await app.state.redis.aclose()
         app.state.redis_sync.close()
+        app.state.redis_quick.close()
         app.state.quotas.close()
 
 

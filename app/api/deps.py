@@ -158,6 +158,10 @@ def get_redis_sync(request: Request) -> redis.Redis:
     return request.app.state.redis_sync
 
 
+def get_redis_quick(request: Request) -> redis.Redis:
+    return request.app.state.redis_quick
+
+
 def get_redis_async(request: Request) -> aioredis.Redis:
     return request.app.state.redis
 
@@ -171,6 +175,8 @@ def get_hub(request: Request) -> EventHub:
 
 
 RedisDep = Annotated[redis.Redis, Depends(get_redis_sync)]
+# For reads SQL can answer instead: one short try (app/core/redis_clients.py).
+QuickRedisDep = Annotated[redis.Redis, Depends(get_redis_quick)]
 AsyncRedisDep = Annotated[aioredis.Redis, Depends(get_redis_async)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 HubDep = Annotated[EventHub, Depends(get_hub)]

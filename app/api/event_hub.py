@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 RESYNC = object()  # queue item: "you may have missed events; replay from the stream"
 QUEUE_LIMIT = 5_000
+SUBSCRIBE_TIMEOUT_S = 10.0  # Redis confirms a SUBSCRIBE in ms; this long means it is away
 # Queue item: consecutive events, each with its SSE wire form.
 Batch = list[tuple[WireEvent, bytes]]
 
@@ -123,30 +124,33 @@ class EventHub:
             await self._pubsub.aclose()
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, job_id: str, timeout: float = 10.0) -> AsyncIterator[Subscription]:
-        """Follow a job; raises `RedisError`/`OSError`, or `TimeoutError` when Redis does
-        not confirm within `timeout`."""
+    async def subscribe(
+        self, job_id: str, timeout: float = SUBSCRIBE_TIMEOUT_S
+    ) -> AsyncIterator[Subscription]:
+        """Follow a job; raises `RedisError`/`OSError`, or `TimeoutError` when Redis has
+        not confirmed within `timeout` (the wait for the lock, the command and its
+        confirmation all count: a partitioned Redis must not hold a caller longer)."""
         channel = names.events_channel(job_id)
         sub = Subscription(job_id)
         try:
-            async with self._lock:
-                members = self._subs.setdefault(channel, set())
-                members.add(sub)
-                if len(members) == 1:
-                    target = self._sent.get(channel, 0) + 1
-                    self._sent[channel] = target
-                    try:
-                        await self._pubsub.subscribe(channel)
-                    except BaseException:
-                        self._sent[channel] = target - 1  # never sent: expect no confirmation
-                        raise
-                else:
-                    target = self._sent[channel]
-            async with self._changed:
-                await asyncio.wait_for(
-                    self._changed.wait_for(lambda: self._confirmed.get(channel, 0) >= target),
-                    timeout,
-                )
+            async with asyncio.timeout(timeout):
+                async with self._lock:
+                    members = self._subs.setdefault(channel, set())
+                    members.add(sub)
+                    if len(members) == 1:
+                        target = self._sent.get(channel, 0) + 1
+                        self._sent[channel] = target
+                        try:
+                            await self._pubsub.subscribe(channel)
+                        except BaseException:
+                            # Not sent, or sent on a connection that redis-py drops when
+                            # cancelled mid-command: no confirmation is coming either way.
+                            self._sent[channel] = target - 1
+                            raise
+                    else:
+                        target = self._sent[channel]
+                async with self._changed:
+                    await self._changed.wait_for(lambda: self._confirmed.get(channel, 0) >= target)
             yield sub
         finally:
             # A disconnected client's response is being cancelled: finish the
@@ -157,10 +161,13 @@ class EventHub:
                     members.discard(sub)
                     if not members:
                         self._subs.pop(channel, None)
-                        try:
-                            await self._pubsub.unsubscribe(channel)
-                        except (RedisError, OSError):
-                            self._forget(channel)  # the reconnect starts this connection anew
+                        if not self._sent.get(channel):  # no SUBSCRIBE went out
+                            self._forget(channel)
+                        else:
+                            try:
+                                await self._pubsub.unsubscribe(channel)
+                            except (RedisError, OSError):
+                                self._forget(channel)  # a reconnect starts anew
 
     async def _read_forever(self) -> None:
         backoff = 0.1

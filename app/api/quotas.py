@@ -34,10 +34,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import redis
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -45,13 +42,13 @@ from app.core import lifecycle, metrics, names
 from app.core.config import Settings
 from app.core.errors import ApiError, TooManyRequests, Unavailable
 from app.core.models import Job
+from app.core.redis_clients import QUICK_TIMEOUT_S, connect
 
 log = logging.getLogger(__name__)
 
 PERIOD_S = 60  # "per minute"
 CONCURRENT_RETRY_S = 5  # a job of the key has to end first; a short, polite back-off
 QUEUE_FULL_RETRY_S = 10  # no honest ETA without a drain rate; long enough to drain some
-REDIS_TIMEOUT_S = 0.5  # the limiter never makes a request slow
 REDIS_RECHECK_S = 5.0  # after a failure, fail open this long before asking Redis again
 OPEN = (*lifecycle.WAITING, names.RUNNING)
 
@@ -101,12 +98,7 @@ class Quotas:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         # Its own client: short timeouts and no retries, whatever the app's pool does.
-        self.redis = redis.Redis.from_url(
-            settings.redis_url,
-            socket_timeout=REDIS_TIMEOUT_S,
-            socket_connect_timeout=REDIS_TIMEOUT_S,
-            retry=Retry(NoBackoff(), 0),
-        )
+        self.redis = connect(settings.redis_url, timeout=QUICK_TIMEOUT_S)  # never slow
         self._gcra = self.redis.register_script(_GCRA)
         self._redis_back_at = 0.0
 

@@ -43,7 +43,23 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def make_producer(settings: Settings) -> Celery:
-    """A Celery app that only sends tasks by name (what the API holds)."""
+    """A Celery app that only sends tasks by name (what the API holds).
+
+    Its broker commands time out (kombu sets none), and a send is retried once: a
+    request never waits long on a Redis that went away, and a job whose send failed
+    is committed already, so the reconciler sends it (workers/reconcile.py)."""
     app = Celery("codeloop-api")
-    app.conf.update(celery_config(settings))
+    config = celery_config(settings)
+    config["broker_transport_options"] = {
+        **config["broker_transport_options"],
+        "socket_timeout": PUBLISH_TIMEOUT_S,
+        "socket_connect_timeout": PUBLISH_TIMEOUT_S,
+    }
+    config["task_publish_retry_policy"] = {
+        "max_retries": 1, "interval_start": 0.2, "interval_step": 0.2, "interval_max": 0.2,
+    }  # fmt: skip
+    app.conf.update(config)
     return app
+
+
+PUBLISH_TIMEOUT_S = 2.0  # one LPUSH: milliseconds when Redis is there

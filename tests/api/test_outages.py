@@ -189,29 +189,41 @@ def test_an_sse_stream_whose_database_hangs_ends_with_an_error_event(
     assert last.data["type"] == "unavailable"
 
 
-def test_a_long_poll_whose_subscription_is_never_confirmed_answers_from_sql(
+def test_requests_while_redis_is_partitioned_answer_within_their_bounds(
     own_redis, service_env, tmp_path
 ):
-    """The bug: a long-poll whose subscription timed out (Redis took the command and
-    never answered: a partition) answered 500."""
+    """Redis takes commands and never answers (a partition). The bugs: a long-poll whose
+    subscription timed out answered 500; the API's Redis clients had no timeouts, so a
+    read of a running job hung, and a `wait=2` long-poll took 20 s."""
     proxy = FlakyProxy(own_redis.port)
     env = {**service_env, "CODELOOP_REDIS_URL": proxy.url}
     server = ApiServer(env, free_port(), tmp_path / "api-cut.log").wait_ready()
+    took: dict[str, float] = {}
+
+    def timed(name: str, call):
+        started = time.monotonic()
+        response = call()
+        took[name] = time.monotonic() - started
+        return response
+
     try:
         with httpx.Client(base_url=server.url, timeout=60) as http:
             job_id = submit(http)
             mark_running(service_env, job_id)
             proxy.partition()
-            started = time.monotonic()
-            polled = http.get(f"/jobs/{job_id}", params={"wait": 2})
-            took = time.monotonic() - started
+            read = timed("read", lambda: http.get(f"/jobs/{job_id}"))
+            polled = timed("poll", lambda: http.get(f"/jobs/{job_id}", params={"wait": 2}))
+            late = timed("submit", lambda: http.post("/generate_code", json={"task": "y"}))
     finally:
         proxy.heal()
         server.stop()
         proxy.close()
+    assert read.status_code == 200 and read.json()["progress"]["tokens"] == 3, read.text
     assert polled.status_code == 200, polled.text
     assert polled.json()["status"] == "running"
-    assert took < 30
+    assert late.status_code == 202, late.text  # committed: the reconciler sends it
+    print("partitioned:", {name: round(s, 1) for name, s in took.items()})
+    assert took["read"] < 7 and took["poll"] < 2 + 7 and took["submit"] < 10, took
 
 
 def test_requests_while_the_database_is_down_answer_503(

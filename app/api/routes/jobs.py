@@ -19,10 +19,12 @@ from app.api.deps import (
     EventsOwnerDep,
     HubDep,
     OwnerDep,
+    QuickRedisDep,
     RedisDep,
     SessionDep,
 )
 from app.api.errors import error_responses
+from app.api.event_hub import SUBSCRIBE_TIMEOUT_S
 from app.api.schemas import JobKind, JobList, JobOut, JobStatus
 from app.api.sse import (
     EVENT_STREAM_CONTENT,
@@ -89,7 +91,7 @@ async def get_job(
     job_id: str,
     owner: OwnerDep,
     hub: HubDep,
-    client: RedisDep,
+    client: QuickRedisDep,  # progress only: SQL has a figure when Redis does not answer
     wait: float = Query(
         default=0,
         ge=0,
@@ -117,8 +119,10 @@ async def get_job(
 
 
 async def _wait_with_events(hub: Any, job_id: str, load: Any, deadline: float) -> dict[str, Any]:
-    """Long-poll on the job's live events: re-read SQL when a terminal event passes."""
-    async with hub.subscribe(job_id) as sub:
+    """Long-poll on the job's live events: re-read SQL when a terminal event passes.
+    A subscription Redis does not confirm by the deadline is given up (TimeoutError)."""
+    confirm_s = max(0.1, min(SUBSCRIBE_TIMEOUT_S, deadline - time.monotonic()))
+    async with hub.subscribe(job_id, timeout=confirm_s) as sub:
         body = await run_in_threadpool(load)  # subscribed now: no terminal event can slip by
         while body["status"] not in names.TERMINAL:
             remaining = deadline - time.monotonic()
