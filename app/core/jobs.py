@@ -120,7 +120,8 @@ def dispatch(session: Session, celery: Celery, client: redis.Redis, job: Job, tt
         .values(dispatches=Job.dispatches + 1, dispatched_at=utcnow())
     )
     session.commit()
-    celery.send_task(task, args=[job.id], task_id=job.id, queue=queue)
+    # Results live in SQL: Celery's backend would only subscribe to a result that never comes.
+    celery.send_task(task, args=[job.id], task_id=job.id, queue=queue, ignore_result=True)
     client.set(names.dispatch_marker_key(job.id), "1", ex=ttl_s)
 
 

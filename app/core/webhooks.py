@@ -90,15 +90,17 @@ def webhook_json(job: Job) -> dict[str, Any] | None:
 def queue_delivery(
     celery: Celery, client: redis.Redis, job_id: str, *, countdown: float | None = None
 ) -> None:
-    """Send the delivery task; the marker keeps the sweep from queueing a second."""
+    """Send the delivery task, then the marker that keeps the sweep from queueing a
+    second (in that order, as for jobs: a failed send must leave no marker behind)."""
     hold_s = int((countdown or 0) + 600)
-    client.set(names.webhook_queued_key(job_id), "1", ex=hold_s)
     celery.send_task(
         names.TASK_DELIVER_WEBHOOK,
         args=[job_id],
         queue=names.QUEUE_MAINTENANCE,
         countdown=countdown,
+        ignore_result=True,
     )
+    client.set(names.webhook_queued_key(job_id), "1", ex=hold_s)
 
 
 def after_final(session: Session, celery: Celery, client: redis.Redis, job_id: str) -> None:
