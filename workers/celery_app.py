@@ -24,11 +24,14 @@ from app.core import db
 from app.core.celery_config import celery_config
 from app.core.config import get_settings
 from beat.schedule import beat_schedule
+from workers.broker_transport import TRANSPORT
 
 log = logging.getLogger(__name__)
 
 celery_app = Celery("codeloop")
 celery_app.conf.update(celery_config(get_settings()))
+if get_settings().redis_url.startswith("redis://"):  # rediss:// keeps kombu's own checks
+    celery_app.conf.broker_transport = TRANSPORT  # survives a Redis restart (see the module)
 celery_app.conf.beat_schedule = beat_schedule(get_settings())
 celery_app.conf.include = [
     "workers.tasks.generate",

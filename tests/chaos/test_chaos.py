@@ -83,6 +83,41 @@ def test_redis_restarted_with_aof_mid_stream(tmp_path: Path) -> None:
     assert set(runs.values()) == {1}, runs
 
 
+def test_redis_killed_twice_while_jobs_are_sent_and_taken(tmp_path: Path) -> None:
+    """Redis is SIGKILLed twice while a burst of jobs is submitted and taken off the
+    queue: sends fail or land just before the kill, workers lose the connection they
+    took a message on. Every accepted job still runs and streams exactly once to each
+    client: a send that failed left no dispatch marker, a message lost behind its
+    marker is found stalled (`CODELOOP_REDISPATCH_AFTER_S`) and sent again, and the
+    generate worker survives its broker connection's loss."""
+    started = time.monotonic()
+    env = {"CODELOOP_LEASE_TTL_S": "4", "CODELOOP_REDISPATCH_AFTER_S": "2"}
+    with chaos_stack(tmp_path, jobs=18, tokens=30, env=env) as stack:
+        jobs: list[Job] = []
+
+        def burst() -> None:
+            for i in range(18):
+                jobs.extend(stack.submit([i]))
+                time.sleep(0.08)
+
+        sender = threading.Thread(target=burst)
+        sender.start()
+        for pause in (0.4, 0.8):
+            time.sleep(pause)
+            stack.redis.stop()  # SIGKILL, mid-send and mid-fetch
+            time.sleep(0.5)
+            stack.redis.start()
+        sender.join()
+        followers = follow(jobs, stack.urls)
+        wait_done(followers)
+        result = verdict("redis-killed-mid-dispatch", stack, jobs, followers, started)
+        # The worker rode it out (Celery 5.7 used to exit: workers/broker_transport.py).
+        survived = [worker.proc.poll() is None for worker in stack.generators]
+    result.assert_clean()
+    assert len(jobs) == 18
+    assert all(survived), survived
+
+
 def test_redis_flushed_mid_stream(tmp_path: Path) -> None:
     """Redis loses everything: leases, logs, queued messages. Running jobs run again
     (their runs notice the lost lease and hand them back), queued ones are sent again,
