@@ -15,6 +15,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import (
     celeryd_after_setup,
+    worker_init,
     worker_process_init,
     worker_process_shutdown,
     worker_shutdown,
@@ -30,8 +31,6 @@ log = logging.getLogger(__name__)
 
 celery_app = Celery("codeloop")
 celery_app.conf.update(celery_config(get_settings()))
-if get_settings().redis_url.startswith("redis://"):  # rediss:// keeps kombu's own checks
-    celery_app.conf.broker_transport = TRANSPORT  # survives a Redis restart (see the module)
 celery_app.conf.beat_schedule = beat_schedule(get_settings())
 celery_app.conf.include = [
     "workers.tasks.generate",
@@ -42,6 +41,15 @@ celery_app.conf.include = [
     "workers.tasks.webhooks",
 ]
 app = celery_app
+
+
+@worker_init.connect
+def _use_survivable_transport(sender: Any, **_kwargs: Any) -> None:
+    """A worker's broker connections survive their loss (workers/broker_transport.py).
+    Set in workers only: Flower and beat keep plain `redis://` URLs (Flower's broker
+    page knows no other scheme), and `rediss://` keeps kombu's own TLS checks."""
+    if get_settings().redis_url.startswith("redis://"):
+        sender.app.conf.broker_transport = TRANSPORT
 
 
 # Queues this worker consumes, learnt in the parent before it forks its pool.
