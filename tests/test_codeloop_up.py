@@ -50,6 +50,9 @@ def test_codeloop_up_serves_restarts_what_crashed_and_stops_cleanly(tmp_path, ti
         wait_until(lambda: _status(flower, None) in (401, 200), 60, what="flower")
         assert _status(flower, None) == 401
         assert _status(flower, ("ops", "secret")) == 200
+        # Its broker page reads the queues (it knows redis:// URLs only: workers keep
+        # their own transport to themselves, workers/broker_transport.py).
+        assert _status(flower + "broker", ("ops", "secret")) == 200
         assert (tmp_path / "data" / "codeloop.db").exists()
         assert (tmp_path / "data" / "redis" / "appendonly.aof").exists()
         children = psutil.Process(proc.pid).children(recursive=True)
