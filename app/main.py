@@ -21,7 +21,7 @@ from app.api.routes import ROUTERS
 from app.core.celery_config import make_producer
 from app.core.config import get_settings
 from app.core.db import migrate, reset_engine
-from app.core.redis_clients import QUICK_TIMEOUT_S, connect, connect_async
+from app.core.redis_clients import connect, connect_async, connect_quick
 
 log = logging.getLogger("codeloop.api")
 
@@ -45,7 +45,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.quotas = Quotas(settings)
     app.state.redis = connect_async(settings.redis_url, max_connections=200)
     app.state.redis_sync = connect(settings.redis_url)
-    app.state.redis_quick = connect(settings.redis_url, timeout=QUICK_TIMEOUT_S)
+    app.state.redis_quick = connect_quick(settings.redis_url)
     app.state.celery = make_producer(settings)
     app.state.hub = EventHub(app.state.redis)
     await app.state.hub.start()

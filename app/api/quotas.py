@@ -42,7 +42,7 @@ from app.core import lifecycle, metrics, names
 from app.core.config import Settings
 from app.core.errors import ApiError, TooManyRequests, Unavailable
 from app.core.models import Job
-from app.core.redis_clients import QUICK_TIMEOUT_S, connect
+from app.core.redis_clients import connect_quick
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class Quotas:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         # Its own client: short timeouts and no retries, whatever the app's pool does.
-        self.redis = connect(settings.redis_url, timeout=QUICK_TIMEOUT_S)  # never slow
+        self.redis = connect_quick(settings.redis_url)  # never slow
         self._gcra = self.redis.register_script(_GCRA)
         self._redis_back_at = 0.0
 

@@ -23,13 +23,20 @@ COMMAND_TIMEOUT_S = 5.0
 QUICK_TIMEOUT_S = 0.5
 
 
-def connect(url: str, *, timeout: float = COMMAND_TIMEOUT_S, **kwargs: Any) -> redis.Redis:
-    """A client whose commands and connects give up after `timeout` seconds. A quick
-    one (`timeout` under a second) does not retry either: one try, then the fallback."""
-    if timeout < 1.0:
-        kwargs.setdefault("retry", Retry(NoBackoff(), 0))
+def connect(url: str, **kwargs: Any) -> redis.Redis:
+    """A client whose commands and connects give up after `COMMAND_TIMEOUT_S`."""
     return redis.Redis.from_url(
-        url, socket_timeout=timeout, socket_connect_timeout=timeout, **kwargs
+        url, socket_timeout=COMMAND_TIMEOUT_S, socket_connect_timeout=COMMAND_TIMEOUT_S, **kwargs
+    )
+
+
+def connect_quick(url: str) -> redis.Redis:
+    """One try of `QUICK_TIMEOUT_S`, no retry: for what has a fallback."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=QUICK_TIMEOUT_S,
+        socket_connect_timeout=QUICK_TIMEOUT_S,
+        retry=Retry(NoBackoff(), 0),
     )
 
 

@@ -278,8 +278,10 @@ def test_a_message_lost_while_its_marker_survived_is_sent_again(stack, service_e
         job_id = http.post("/generate_code", json={"task": "x", "max_new_tokens": 8}).json()["id"]
         assert redis_client.exists(names.dispatch_marker_key(job_id))
         assert redis_client.delete("generate") == 1  # the message alone is gone
-        stack("worker", queues="generate,maintenance", name="stall@%h")
-        stack("beat", env={"CODELOOP_REDISPATCH_AFTER_S": "1"})
+        # The maintenance queue's worker runs the reconciler that beat schedules.
+        stack("worker", queues="generate,maintenance", name="stall@%h",
+              env={"CODELOOP_REDISPATCH_AFTER_S": "1"})  # fmt: skip
+        stack("beat")
         job = http.get(f"/jobs/{job_id}", params={"wait": 40}).json()
     assert job["status"] == "succeeded", job
     assert job["attempts"] == 1
