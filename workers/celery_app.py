@@ -88,7 +88,12 @@ def _init_process(**_kwargs: Any) -> None:
 @worker_process_shutdown.connect
 @worker_shutdown.connect  # a threads pool's only process (prefork's parent holds no replica)
 def _shutdown_process(**_kwargs: Any) -> None:
-    """Save the index replica (if this process holds one) so the next start loads it."""
+    """Stop the batcher (if this process holds one) and save the index replica (if it
+    holds one) so the next start loads it."""
+    if sys.modules.get("workers.tasks.generate") is not None:
+        from workers.tasks import generate
+
+        generate.close_engine()
     if sys.modules.get("workers.retrieval.service") is not None:
         from workers.retrieval import service
 

@@ -166,3 +166,21 @@ def test_sigkilled_worker_with_a_full_batch_retries_every_job(stack, service_env
             assert statuses == [("running", 1), ("retrying", 1), ("running", 2)]
             assert_own_tokens_once_in_order(events, job)
     assert time.monotonic() - started < 90
+
+
+@pytest.mark.parametrize("kind", ["step", "paged"])
+def test_a_batching_worker_stops_promptly_on_sigterm(stack, tmp_path, kind):
+    """The bug: the paged batcher's generation loop (transformers' non-daemon thread)
+    was never stopped, so a warm shutdown (SIGTERM: `codeloop up`'s Ctrl-C, `docker
+    stop`) hung until the process was killed."""
+    api = stack("api")
+    worker = stack("worker", CODELOOP_GENERATE_BATCHING=kind)
+    assert started_batcher(tmp_path, kind)
+    with httpx.Client(base_url=api.url, timeout=90) as http:
+        job = finished(http, submit(http, "one", 4))
+    assert job["status"] == "succeeded", job
+    started = time.monotonic()
+    worker.proc.send_signal(signal.SIGTERM)
+    code = worker.proc.wait(30)
+    took = time.monotonic() - started
+    assert code == 0 and took < 10, (code, took)

@@ -46,6 +46,18 @@ def load_engine_once() -> Engine:
     return _engine
 
 
+def close_engine() -> None:
+    """Stop the engine's batcher at shutdown: the paged one runs transformers' generation
+    loop in a non-daemon thread, and a process with that thread alive never exits (a
+    warm shutdown hung until it was killed)."""
+    global _engine
+    with _load_lock:
+        engine, _engine = _engine, None
+    close = getattr(engine, "close", None)
+    if close is not None:
+        close()
+
+
 def _build_engine() -> Engine:
     settings = get_settings()
     if settings.model_id.startswith(SCRIPTED_PREFIX):
