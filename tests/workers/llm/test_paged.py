@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -49,9 +50,15 @@ def engine(loaded: LoadedModel) -> Iterator[BatchedEngine]:
     engine.close()
 
 
-@pytest.fixture(scope="module")
-def loaded(tiny: LoadedModel) -> LoadedModel:
-    return tiny
+@pytest.fixture
+def loaded(tiny_dir: Path, tmp_path: Path) -> LoadedModel:
+    """A model of its own per test: transformers' manager switches the model's attention
+    implementation while it runs (and restores it when it stops), so a test sharing the
+    model with an earlier one could compare against outputs of another implementation,
+    and the greedy equalities below flipped on near-ties depending on the order."""
+    from workers.llm import load_model_with_gpu
+
+    return load_model_with_gpu(str(tiny_dir), device="cpu", data_dir=tmp_path / "data")
 
 
 def test_greedy_batched_equals_each_request_alone_and_the_unbatched_engine(engine, loaded):
