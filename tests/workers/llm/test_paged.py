@@ -52,10 +52,10 @@ def engine(loaded: LoadedModel) -> Iterator[BatchedEngine]:
 
 @pytest.fixture
 def loaded(tiny_dir: Path, tmp_path: Path) -> LoadedModel:
-    """A model of its own per test: transformers' manager switches the model's attention
-    implementation while it runs (and restores it when it stops), so a test sharing the
-    model with an earlier one could compare against outputs of another implementation,
-    and the greedy equalities below flipped on near-ties depending on the order."""
+    """A model of its own per test. With one model shared by the module, two of the
+    greedy equalities below failed depending on which tests had run before them; the
+    likely channel is the model's attention implementation, which transformers' manager
+    switches while it runs and restores when it stops."""
     from workers.llm import load_model_with_gpu
 
     return load_model_with_gpu(str(tiny_dir), device="cpu", data_dir=tmp_path / "data")
